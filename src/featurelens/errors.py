@@ -1,0 +1,24 @@
+"""The one error family of featurelens.
+
+Every message names the bad value and what would be accepted; the CLI prints it on one line and exits 2.
+"""
+
+
+class FeatureLensError(Exception):
+    """Base class: a problem with the user's input or environment, reported without a traceback."""
+
+
+class ModelLoadError(FeatureLensError):
+    """A model spec that cannot be resolved or loaded."""
+
+
+class HookError(FeatureLensError):
+    """An unknown hook point, or a hook that did not fire."""
+
+
+class CorpusError(FeatureLensError):
+    """A corpus that cannot be read or yields no text."""
+
+
+class StoreError(FeatureLensError):
+    """An activation store that is missing, incomplete, mismatched or unwritable."""
