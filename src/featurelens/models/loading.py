@@ -88,8 +88,10 @@ def converted_gguf_dir(path: Path) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except (ValueError, KeyError, OSError, RuntimeError) as error:
         raise ModelLoadError(f"transformers cannot load GGUF {path}: {str(error).splitlines()[0]}") from error
+    # The weights are already dequantized floats: drop the GGUF "quantizer" so they save as plain safetensors.
+    model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config  # the saved copy is plain float weights
+        del model.config.quantization_config
     staging = target.with_name(target.name + f".tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging, safe_serialization=True)

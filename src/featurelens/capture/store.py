@@ -1,0 +1,279 @@
+"""The activation store: fixed-size shards of memory-mapped ``.npy`` files plus a JSON manifest.
+
+Layout of a store folder::
+
+    manifest.json                 what was captured and how; "complete": true only once every shard exists
+    shards/000000/tokens.npy      int32 [rows]   token id of each stored row
+    shards/000000/docs.npy        int32 [rows]   index of the corpus document the token came from
+    shards/000000/positions.npy   int32 [rows]   position of the token in its packed sequence
+    shards/000000/<hook>.npy      [rows, width]  activations (float32/float16, or bfloat16 bits as uint16)
+    shards/000000/<hook>.norm.npy float32 [rows] L2 norm of each row, to find attention-sink outliers
+
+Shard ``i`` holds packed sequences ``[i * S, (i + 1) * S)``, so a shard's content depends only on its
+index: writers (resumed runs, or several ranks each taking ``i % world_size``) fill disjoint shards.
+Each shard is written into a temporary folder and renamed into place, so a shard folder that exists is whole.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from featurelens.errors import StoreError
+
+FORMAT = "featurelens.activations"
+FORMAT_VERSION = 1
+STORE_DTYPES = ("float32", "float16", "bfloat16")
+_ROW_FIELDS = ("tokens", "docs", "positions")
+
+
+def shard_name(index: int) -> str:
+    return f"{index:06d}"
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` next to ``path`` and rename it into place, so readers never see half a file."""
+    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    staging.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(staging, path)
+
+
+def to_storage(acts: torch.Tensor, dtype: str) -> np.ndarray:
+    """A [rows, width] tensor as the numpy array stored on disk (bfloat16 kept as its uint16 bits)."""
+    if dtype == "bfloat16":
+        return acts.to(torch.bfloat16).view(torch.uint16).numpy()
+    return acts.to(getattr(torch, dtype)).numpy()
+
+
+def from_storage(array: np.ndarray, dtype: str) -> torch.Tensor:
+    """Stored rows back as a torch tensor of the captured dtype."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
+
+
+class ShardedArray:
+    """A read-only, memory-mapped [rows, width] view over one hook's shards; indexing returns numpy.
+
+    Integer, slice and integer-array row indexing are supported; bfloat16 rows come back as float32.
+    """
+
+    def __init__(self, shards: list[np.ndarray], dtype: str) -> None:
+        self._shards = shards
+        self.stored_dtype = dtype
+        self._offsets = np.cumsum([0, *(len(s) for s in shards)])
+        width = shards[0].shape[1:] if shards else (0,)
+        self.shape = (int(self._offsets[-1]), *width)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.float32) if self.stored_dtype == "bfloat16" else self._shards[0].dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _decode(self, rows: np.ndarray) -> np.ndarray:
+        if self.stored_dtype == "bfloat16":
+            return from_storage(rows, "bfloat16").float().numpy()
+        return np.asarray(rows)
+
+    def __getitem__(self, index: int | slice | np.ndarray | list[int]) -> np.ndarray:
+        if isinstance(index, int | np.integer):
+            return self[np.array([int(index)])][0]
+        if isinstance(index, slice):
+            index = np.arange(*index.indices(len(self)))
+        rows = np.asarray(index, dtype=np.int64)
+        rows = np.where(rows < 0, rows + len(self), rows)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"row index out of range for {len(self)} rows")
+        out = np.empty((len(rows), *self.shape[1:]), dtype=self._shards[0].dtype)
+        owner = np.searchsorted(self._offsets, rows, side="right") - 1
+        for shard in np.unique(owner):
+            picked = owner == shard
+            out[picked] = self._shards[shard][rows[picked] - self._offsets[shard]]
+        return self._decode(out)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = self._decode(np.concatenate(self._shards)) if self._shards else np.empty(self.shape)
+        return whole.astype(dtype) if dtype is not None else whole
+
+
+@dataclass(frozen=True)
+class ShardRows:
+    """The rows of one shard, ready to write: per-row metadata and [rows, width] activations per hook."""
+
+    tokens: np.ndarray
+    docs: np.ndarray
+    positions: np.ndarray
+    activations: dict[str, np.ndarray]
+    norms: dict[str, np.ndarray]
+
+
+class ActivationStore:
+    """A finished capture on disk. Open with :meth:`open`; everything is memory-mapped, nothing loaded."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self.path = path
+        self.manifest = manifest
+        self._shard_dirs = [path / "shards" / shard_name(s["index"]) for s in manifest["shards"]]
+
+    @classmethod
+    def open(cls, path: str | Path) -> ActivationStore:
+        """Open a complete store; an incomplete or foreign folder raises :class:`StoreError`."""
+        path = Path(path)
+        manifest = read_manifest(path)
+        if manifest is None:
+            raise StoreError(f"{path} is not an activation store (no {FORMAT} manifest.json)")
+        if not manifest.get("complete"):
+            raise StoreError(f"{path} holds an interrupted capture; finish it with `featurelens capture ... --resume`")
+        return cls(path, manifest)
+
+    @property
+    def hooks(self) -> list[str]:
+        return list(self.manifest["hooks"])
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.manifest["n_rows"])
+
+    def _load(self, filename: str) -> list[np.ndarray]:
+        try:
+            return [np.load(d / filename, mmap_mode="r") for d in self._shard_dirs]
+        except (OSError, ValueError) as error:
+            raise StoreError(f"store {self.path} is damaged: cannot read {filename} ({error})") from error
+
+    def _check_hook(self, hook: str) -> None:
+        if hook not in self.manifest["hooks"]:
+            raise StoreError(f"store {self.path} has no hook {hook!r}; it holds: {', '.join(self.hooks)}")
+
+    def _rows(self, field: str) -> np.ndarray:
+        parts = self._load(f"{field}.npy")
+        return np.concatenate(parts) if parts else np.empty(0, np.int32)
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """Token id of every stored row, int32 [n_tokens]."""
+        return self._rows("tokens")
+
+    @property
+    def docs(self) -> np.ndarray:
+        """Source document index of every row, int32 [n_tokens]."""
+        return self._rows("docs")
+
+    @property
+    def positions(self) -> np.ndarray:
+        """Position of every row within its packed sequence, int32 [n_tokens]."""
+        return self._rows("positions")
+
+    def activations(self, hook: str) -> ShardedArray:
+        """Memory-mapped activations of ``hook``, [n_tokens, width]."""
+        self._check_hook(hook)
+        return ShardedArray(self._load(f"{hook}.npy"), self.manifest["dtype"])
+
+    def norms(self, hook: str) -> np.ndarray:
+        """L2 norm of every row of ``hook``, float32 [n_tokens]."""
+        self._check_hook(hook)
+        parts = self._load(f"{hook}.norm.npy")
+        return np.concatenate(parts) if parts else np.empty(0, np.float32)
+
+    def outlier_rows(self, hook: str, multiple: float | None = None) -> np.ndarray:
+        """Indices of rows whose norm exceeds ``multiple`` x the median norm (attention sinks)."""
+        norms = self.norms(hook)
+        multiple = multiple if multiple is not None else self.manifest["outliers"]["multiple"]
+        return np.flatnonzero(norms > multiple * float(np.median(norms))) if norms.size else norms.astype(int)
+
+    def iter_batches(
+        self, hook: str, batch_size: int, *, shuffle: bool = True, seed: int = 0, buffer_shards: int = 4
+    ) -> Iterator[torch.Tensor]:
+        """Float32 batches [batch_size, width] (the last may be smaller), memory bounded by ``buffer_shards``.
+
+        With ``shuffle`` the shard order is permuted and rows are permuted within each buffer of
+        ``buffer_shards`` shards: a shuffle buffer, so the store is never loaded into RAM.
+        """
+        if batch_size < 1:
+            raise StoreError(f"batch size must be a positive integer, got {batch_size}")
+        self._check_hook(hook)
+        rng = np.random.default_rng(seed)
+        shards = self._load(f"{hook}.npy")
+        order = rng.permutation(len(shards)) if shuffle else np.arange(len(shards))
+        dtype = self.manifest["dtype"]
+        for start in range(0, len(order), buffer_shards):
+            buffer = np.concatenate([shards[i] for i in order[start : start + buffer_shards]])
+            rows = rng.permutation(len(buffer)) if shuffle else np.arange(len(buffer))
+            for first in range(0, len(rows), batch_size):
+                picked = np.sort(rows[first : first + batch_size]) if not shuffle else rows[first : first + batch_size]
+                yield from_storage(buffer[picked], dtype).float()
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """The store manifest in ``path``, or None when there is none (a damaged one raises)."""
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise StoreError(f"{manifest_path} is not readable JSON ({error}); the store is damaged") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        return None
+    return manifest
+
+
+class StoreWriter:
+    """Writes shards of one capture into ``path``; the manifest says ``complete`` only at :meth:`finish`."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self.path = path
+        self.manifest = manifest
+        (path / "shards").mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path / "manifest.json", {**manifest, "complete": False})
+
+    def has_shard(self, index: int) -> bool:
+        return (self.path / "shards" / shard_name(index)).is_dir()
+
+    def write_shard(self, index: int, rows: ShardRows) -> None:
+        """Write one shard to a temporary folder, then rename it into place."""
+        final = self.path / "shards" / shard_name(index)
+        staging = final.with_name(f".tmp-{shard_name(index)}-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            staging.mkdir(parents=True)
+            for field in _ROW_FIELDS:
+                np.save(staging / f"{field}.npy", getattr(rows, field).astype(np.int32))
+            for hook, acts in rows.activations.items():
+                np.save(staging / f"{hook}.npy", acts)
+                np.save(staging / f"{hook}.norm.npy", rows.norms[hook].astype(np.float32))
+            os.replace(staging, final)
+        except OSError as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            if error.errno == errno.ENOSPC:
+                raise StoreError(
+                    f"disk full while writing shard {index} to {self.path}; free space, then rerun with --resume"
+                ) from error
+            raise StoreError(f"cannot write shard {index} to {self.path}: {error.strerror or error}") from error
+
+    def finish(self, n_shards: int, outlier_multiple: float) -> dict[str, Any] | None:
+        """Mark the store complete if all ``n_shards`` exist (other ranks may still be writing: then None)."""
+        if not all(self.has_shard(i) for i in range(n_shards)):
+            return None
+        shard_dirs = [self.path / "shards" / shard_name(i) for i in range(n_shards)]
+        shards = [{"index": i, "n_rows": len(np.load(d / "tokens.npy", mmap_mode="r"))} for i, d in enumerate(shard_dirs)]
+        draft = {**self.manifest, "shards": shards, "n_rows": sum(s["n_rows"] for s in shards)}
+        store = ActivationStore(self.path, draft)
+        outliers: dict[str, Any] = {"multiple": outlier_multiple, "rows": {}, "median_norm": {}}
+        for hook in self.manifest["hooks"]:
+            norms = store.norms(hook)
+            median = float(np.median(norms)) if norms.size else 0.0
+            outliers["median_norm"][hook] = median
+            outliers["rows"][hook] = int((norms > outlier_multiple * median).sum())
+        self.manifest = {**draft, "complete": True, "outliers": outliers}
+        write_json_atomic(self.path / "manifest.json", self.manifest)
+        return self.manifest

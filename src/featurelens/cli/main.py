@@ -1,0 +1,67 @@
+"""Entry point: ``featurelens <verb> ...``. Errors print one line and exit 2; Ctrl-C exits 130."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from featurelens.cli import capture, hooks, info, run
+from featurelens.errors import FeatureLensError
+
+VERBS = {"run": run, "capture": capture, "hooks": hooks, "info": info}
+
+DESCRIPTION = """\
+featurelens looks inside neural networks.
+
+The loop, one verb per stage:
+  run       the whole job on the bundled defaults (SmolLM2-135M on Python's own docs)
+  capture   record hidden activations of any HF model into an on-disk store
+  hooks     list a model's hook points with their shapes
+  info      summarise an activation store
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="featurelens", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--verbose", action="store_true", help="log progress details and show tracebacks")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for name, module in VERBS.items():
+        sub = verbs.add_parser(
+            name,
+            help=module.HELP,
+            description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.main)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if not args.verbose:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    try:
+        return int(args.handler(args) or 0)
+    except FeatureLensError as error:
+        if args.verbose:
+            raise
+        print(f"featurelens {args.verb}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"featurelens {args.verb}: interrupted; finished shards are kept, rerun with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Progress bars for long jobs (rich), kept at the CLI edge."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+
+@contextmanager
+def token_progress(console: Console, label: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A bar counting tokens with a tokens/s rate; yields ``advance(n_tokens)``."""
+    columns = (
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.completed:,}/{task.total:,} tok"),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(label, total=total, rate="")
+
+        def advance(n_tokens: int) -> None:
+            progress.advance(task, n_tokens)
+            speed = progress.tasks[task].speed
+            progress.update(task, rate=f"{speed:,.0f} tok/s" if speed else "")
+
+        yield advance
