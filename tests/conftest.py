@@ -45,3 +45,33 @@ def tiny_family(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def tiny_lm(tiny_family: str) -> fl.LanguageModel:
     return fl.LanguageModel(build_tiny_model(tiny_family), None, spec=f"tiny-{tiny_family}")
+
+
+def build_tiny_tokenizer(vocab_size: int = 96) -> Any:
+    """A real fast BPE tokenizer trained in milliseconds on bundled text, with BOS/EOS/UNK."""
+    from itertools import islice
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from featurelens.corpus.bundled import pydoc_topics
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"])
+    backend.train_from_iterator(islice(pydoc_topics(), 5), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer() -> Any:
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A saved tiny llama + tokenizer folder: what a user's local model directory looks like."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    build_tiny_model("llama").save_pretrained(path)
+    build_tiny_tokenizer().save_pretrained(path)
+    return path

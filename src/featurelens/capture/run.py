@@ -120,7 +120,7 @@ def _prepare_output(config: CaptureConfig) -> None:
     elif existing.get("complete"):
         if not config.resume:
             raise StoreError(f"{out} already holds this complete capture; use --overwrite to redo it")
-    elif not config.resume:
+    elif not config.resume and config.world_size == 1:  # other ranks join a shared store as it fills
         raise StoreError(f"{out} holds an interrupted capture; add --resume to continue it or --overwrite to restart")
 
 

@@ -232,9 +232,9 @@ class StoreWriter:
 
     def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
         self.path = path
-        self.manifest = manifest
+        self.manifest = {**manifest, "complete": False}
         (path / "shards").mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path / "manifest.json", {**manifest, "complete": False})
+        write_json_atomic(path / "manifest.json", self.manifest)
 
     def has_shard(self, index: int) -> bool:
         return (self.path / "shards" / shard_name(index)).is_dir()
