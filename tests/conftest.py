@@ -18,7 +18,10 @@ TINY_FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     "mistral": ("mistral", {**_SMALL, "num_key_value_heads": 2}),
     "qwen2": ("qwen2", {**_SMALL, "num_key_value_heads": 2}),
     "gemma": ("gemma", {**_SMALL, "num_key_value_heads": 2, "head_dim": 8}),
-    "gpt2": ("gpt2", {"n_embd": 32, "n_layer": 3, "n_head": 4, "n_positions": 128, "bos_token_id": 1, "eos_token_id": 2}),
+    "gpt2": (
+        "gpt2",
+        {"n_embd": 32, "n_layer": 3, "n_head": 4, "n_positions": 128, "bos_token_id": 1, "eos_token_id": 2},
+    ),
     "gpt_neox": ("gpt_neox", _SMALL),
     "gpt_neox_sequential": ("gpt_neox", {**_SMALL, "use_parallel_residual": False}),
     "phi": ("phi", {**_SMALL, "num_key_value_heads": 4}),
@@ -60,7 +63,9 @@ def build_tiny_tokenizer(vocab_size: int = 96) -> Any:
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"])
     backend.train_from_iterator(islice(pydoc_topics(), 5), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
 
 
 @pytest.fixture(scope="session")

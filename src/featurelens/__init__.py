@@ -16,6 +16,10 @@ __all__ = [
     "ActivationStore",
     "CaptureConfig",
     "CorpusConfig",
-    "FeatureLensError", "HookPoint", "LanguageModel", "__version__", "load_model",
+    "FeatureLensError",
+    "HookPoint",
+    "LanguageModel",
+    "__version__",
+    "load_model",
     "run_capture",
 ]

@@ -28,17 +28,27 @@ def tiny_loaded(tiny_model_dir: Path) -> fl.LanguageModel:
 
 def config(tmp_path: Path, **overrides: Any) -> CaptureConfig:
     base = CaptureConfig(
-        out=str(tmp_path / "acts"), model="tiny", hooks=HOOKS, n_tokens=2_000, seq_len=32, batch_size=4, shard_tokens=256
+        out=str(tmp_path / "acts"),
+        model="tiny",
+        hooks=HOOKS,
+        n_tokens=2_000,
+        seq_len=32,
+        batch_size=4,
+        shard_tokens=256,
     )
     return dataclasses.replace(base, **overrides)
 
 
-def test_store_holds_exactly_the_model_activations_of_the_kept_tokens(tmp_path: Path, tiny_loaded: fl.LanguageModel) -> None:
+def test_store_holds_exactly_the_model_activations_of_the_kept_tokens(
+    tmp_path: Path, tiny_loaded: fl.LanguageModel
+) -> None:
     cfg = config(tmp_path)
     fl.run_capture(cfg, tiny_loaded)
     store = fl.ActivationStore.open(cfg.out)
 
-    sequences = list(islice(pack_sequences(documents(cfg.corpus), tiny_loaded.tokenizer, cfg.seq_len), cfg.n_sequences))
+    sequences = list(
+        islice(pack_sequences(documents(cfg.corpus), tiny_loaded.tokenizer, cfg.seq_len), cfg.n_sequences)
+    )
     tokens = np.stack([s.tokens for s in sequences])
     keep = np.ones(tokens.shape, bool)
     keep[:, 0] = False
@@ -52,7 +62,9 @@ def test_store_holds_exactly_the_model_activations_of_the_kept_tokens(tmp_path: 
     for hook in HOOKS:
         stored = store.activations(hook)
         assert stored.shape == (keep.sum(), expected[hook].shape[-1])
-        np.testing.assert_allclose(np.asarray(stored), expected[hook][torch.from_numpy(keep)].numpy(), atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(stored), expected[hook][torch.from_numpy(keep)].numpy(), atol=1e-5
+        )
         np.testing.assert_allclose(store.norms(hook), np.linalg.norm(np.asarray(stored), axis=1), rtol=1e-5)
     assert store.manifest["config"]["hooks"] == list(HOOKS) and store.manifest["dtype"] == "float32"
 
@@ -101,7 +113,9 @@ def test_shuffled_batches_visit_every_row_once(tmp_path: Path, tiny_loaded: fl.L
     np.testing.assert_array_equal(again, rows)
 
 
-def test_outlier_rows_are_those_above_the_multiple_of_the_median(tmp_path: Path, tiny_loaded: fl.LanguageModel) -> None:
+def test_outlier_rows_are_those_above_the_multiple_of_the_median(
+    tmp_path: Path, tiny_loaded: fl.LanguageModel
+) -> None:
     cfg = config(tmp_path, skip_positions=0, keep_special=True, outlier_multiple=1.3)
     fl.run_capture(cfg, tiny_loaded)
     store = fl.ActivationStore.open(cfg.out)
@@ -126,7 +140,9 @@ def _interrupt_after(n_calls: int) -> Any:
     return on_tokens
 
 
-def test_interrupted_capture_resumes_to_the_uninterrupted_result(tmp_path: Path, tiny_loaded: fl.LanguageModel) -> None:
+def test_interrupted_capture_resumes_to_the_uninterrupted_result(
+    tmp_path: Path, tiny_loaded: fl.LanguageModel
+) -> None:
     straight = config(tmp_path / "straight")
     fl.run_capture(straight, tiny_loaded)
     broken = config(tmp_path / "broken")
@@ -177,7 +193,7 @@ def test_full_disk_leaves_no_complete_looking_store(
         real_save(path, array)
 
     monkeypatch.setattr(store_module.np, "save", save_until_full)
-    with pytest.raises(StoreError, match="disk full while writing shard 2.*--resume"):
+    with pytest.raises(StoreError, match=r"disk full while writing shard 2.*--resume"):
         fl.run_capture(cfg, tiny_loaded)
     monkeypatch.setattr(store_module.np, "save", real_save)
     shards = sorted(p.name for p in (Path(cfg.out) / "shards").iterdir())
@@ -204,8 +220,13 @@ def test_two_ranks_fill_one_store(tmp_path: Path, tiny_loaded: fl.LanguageModel)
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
-    [("n_tokens", 0, "--tokens must be a positive"), ("n_tokens", -5, "--tokens must be a positive"),
-     ("dtype", "int8", "--dtype 'int8' is not one of"), ("seq_len", 1, "--seq-len"), ("batch_size", 0, "--batch-size")],
+    [
+        ("n_tokens", 0, "--tokens must be a positive"),
+        ("n_tokens", -5, "--tokens must be a positive"),
+        ("dtype", "int8", "--dtype 'int8' is not one of"),
+        ("seq_len", 1, "--seq-len"),
+        ("batch_size", 0, "--batch-size"),
+    ],
 )
 def test_bad_options_are_one_line_errors(tmp_path: Path, field: str, value: Any, message: str) -> None:
     with pytest.raises(StoreError, match=message) as error:

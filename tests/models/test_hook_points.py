@@ -36,7 +36,9 @@ def test_resid_post_equals_output_hidden_states(tiny_lm: fl.LanguageModel) -> No
 def test_residual_stream_identities(tiny_family: str, tiny_lm: fl.LanguageModel) -> None:
     acts = capture_all(tiny_lm)
     for i in range(tiny_lm.n_layers):
-        pre, attn, mlp, post = (acts[f"layers.{i}.{p}"] for p in ("resid_pre", "attn_out", "mlp_out", "resid_post"))
+        pre, attn, mlp, post = (
+            acts[f"layers.{i}.{p}"] for p in ("resid_pre", "attn_out", "mlp_out", "resid_post")
+        )
         if tiny_family in POST_NORM_FAMILIES:
             continue  # a LayerNorm follows each residual addition: no additive identity holds
         if tiny_family in PARALLEL_FAMILIES:
@@ -91,7 +93,7 @@ def test_a_hook_that_never_fires_is_an_error() -> None:
     lm = fl.LanguageModel(build_tiny_model("llama"), None)
     orphan = HookPoint("orphan", torch.nn.Linear(2, 2), "output", 0)
     lm.hook_points["orphan"] = orphan
-    with pytest.raises(HookError, match="orphan.*did not fire"):
+    with pytest.raises(HookError, match=r"orphan.*did not fire"):
         lm.capture(IDS, ["orphan", "layers.0.resid_post"])
 
 

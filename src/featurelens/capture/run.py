@@ -9,7 +9,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +65,16 @@ class CaptureConfig:
             (self.seq_len >= 2, f"--seq-len must be at least 2, got {self.seq_len}"),
             (self.batch_size > 0, f"--batch-size must be positive, got {self.batch_size}"),
             (self.dtype in STORE_DTYPES, f"--dtype {self.dtype!r} is not one of {', '.join(STORE_DTYPES)}"),
-            (0 <= self.skip_positions < self.seq_len, f"--skip-positions must be in [0, seq_len), got {self.skip_positions}"),
+            (
+                0 <= self.skip_positions < self.seq_len,
+                f"--skip-positions must be in [0, seq_len), got {self.skip_positions}",
+            ),
             (self.shard_tokens >= self.seq_len, f"--shard-tokens must be at least seq_len ({self.seq_len})"),
             (self.outlier_multiple > 1, f"--outlier-multiple must exceed 1, got {self.outlier_multiple}"),
-            (0 <= self.rank < self.world_size, f"rank {self.rank} is not in [0, world_size={self.world_size})"),
+            (
+                0 <= self.rank < self.world_size,
+                f"rank {self.rank} is not in [0, world_size={self.world_size})",
+            ),
             (len(self.hooks) > 0, "give at least one --hook"),
         ]
         for ok, message in checks:
@@ -108,20 +114,30 @@ def _prepare_output(config: CaptureConfig) -> None:
     existing = read_manifest(out)
     if existing is None:
         if any(out.iterdir()):
-            raise StoreError(f"output folder {out} holds other files, not an activation store; choose a new folder")
+            raise StoreError(
+                f"output folder {out} holds other files, not an activation store; choose a new folder"
+            )
         return
     same = existing.get("config") == json_roundtrip(config.identity())
     if config.overwrite:
         shutil.rmtree(out / "shards", ignore_errors=True)
         (out / "manifest.json").unlink()
     elif not same:
-        diff = sorted(k for k in config.identity() if existing.get("config", {}).get(k) != json_roundtrip(config.identity())[k])
-        raise StoreError(f"{out} holds a capture with a different {', '.join(diff)}; use --overwrite to replace it")
+        diff = sorted(
+            k
+            for k in config.identity()
+            if existing.get("config", {}).get(k) != json_roundtrip(config.identity())[k]
+        )
+        raise StoreError(
+            f"{out} holds a capture with a different {', '.join(diff)}; use --overwrite to replace it"
+        )
     elif existing.get("complete"):
         if not config.resume:
             raise StoreError(f"{out} already holds this complete capture; use --overwrite to redo it")
     elif not config.resume and config.world_size == 1:  # other ranks join a shared store as it fills
-        raise StoreError(f"{out} holds an interrupted capture; add --resume to continue it or --overwrite to restart")
+        raise StoreError(
+            f"{out} holds an interrupted capture; add --resume to continue it or --overwrite to restart"
+        )
 
 
 def json_roundtrip(value: Any) -> Any:
@@ -139,8 +155,13 @@ def _manifest(config: CaptureConfig, lm: LanguageModel, widths: dict[str, int]) 
         "format_version": FORMAT_VERSION,
         "featurelens_version": __version__,
         "config": json_roundtrip(config.identity()),
-        "model": {"spec": config.model, "name": lm.name, "class": type(lm.model).__name__,
-                  "n_layers": lm.n_layers, "d_model": lm.d_model},
+        "model": {
+            "spec": config.model,
+            "name": lm.name,
+            "class": type(lm.model).__name__,
+            "n_layers": lm.n_layers,
+            "d_model": lm.d_model,
+        },
         "tokenizer": str(getattr(lm.tokenizer, "name_or_path", "")),
         "hooks": {hook: {"width": width} for hook, width in widths.items()},
         "dtype": config.dtype,
@@ -191,7 +212,9 @@ def capture_shard(
 
 
 def _shards(config: CaptureConfig, tokenizer: Any) -> Iterator[list[PackedSequence]]:
-    sequences = islice(pack_sequences(documents(config.corpus), tokenizer, config.seq_len), config.n_sequences)
+    sequences = islice(
+        pack_sequences(documents(config.corpus), tokenizer, config.seq_len), config.n_sequences
+    )
     while shard := list(islice(sequences, config.sequences_per_shard)):
         yield shard
 
@@ -209,11 +232,17 @@ def run_capture(
     lm = lm or load_model(config.model, device=config.device)
     for hook in config.hooks:
         lm.hook_point(hook)  # unknown names fail before anything is written
-    widths = {hook: t.shape[-1] for hook, t in lm.capture(torch.ones(1, 2, dtype=torch.long), config.hooks).items()}
+    widths = {
+        hook: t.shape[-1] for hook, t in lm.capture(torch.ones(1, 2, dtype=torch.long), config.hooks).items()
+    }
+    shards = _shards(config, lm.tokenizer)
+    first = next(shards, None)  # an empty corpus fails here, before anything is written
+    if first is None:
+        raise StoreError(f"the corpus holds fewer than seq_len={config.seq_len} tokens; nothing was captured")
     writer = StoreWriter(Path(config.out), _manifest(config, lm, widths))
     started = time.perf_counter()
     written = skipped = tokens_run = n_shards = 0
-    for index, sequences in enumerate(_shards(config, lm.tokenizer)):
+    for index, sequences in enumerate(chain([first], shards)):
         n_shards = index + 1
         if index % config.world_size != config.rank or writer.has_shard(index):
             skipped += 1
@@ -221,7 +250,5 @@ def run_capture(
         writer.write_shard(index, capture_shard(lm, sequences, config, on_tokens))
         written += 1
         tokens_run += len(sequences) * config.seq_len
-    if n_shards == 0:
-        raise StoreError(f"the corpus holds fewer than seq_len={config.seq_len} tokens; nothing was captured")
     manifest = writer.finish(n_shards, config.outlier_multiple) or writer.manifest
     return CaptureResult(manifest, time.perf_counter() - started, tokens_run, written, skipped)

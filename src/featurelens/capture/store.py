@@ -133,7 +133,9 @@ class ActivationStore:
         if manifest is None:
             raise StoreError(f"{path} is not an activation store (no {FORMAT} manifest.json)")
         if not manifest.get("complete"):
-            raise StoreError(f"{path} holds an interrupted capture; finish it with `featurelens capture ... --resume`")
+            raise StoreError(
+                f"{path} holds an interrupted capture; finish it with `featurelens capture ... --resume`"
+            )
         return cls(path, manifest)
 
     @property
@@ -209,7 +211,11 @@ class ActivationStore:
             buffer = np.concatenate([shards[i] for i in order[start : start + buffer_shards]])
             rows = rng.permutation(len(buffer)) if shuffle else np.arange(len(buffer))
             for first in range(0, len(rows), batch_size):
-                picked = np.sort(rows[first : first + batch_size]) if not shuffle else rows[first : first + batch_size]
+                picked = (
+                    np.sort(rows[first : first + batch_size])
+                    if not shuffle
+                    else rows[first : first + batch_size]
+                )
                 yield from_storage(buffer[picked], dtype).float()
 
 
@@ -255,17 +261,23 @@ class StoreWriter:
         except OSError as error:
             shutil.rmtree(staging, ignore_errors=True)
             if error.errno == errno.ENOSPC:
-                raise StoreError(
-                    f"disk full while writing shard {index} to {self.path}; free space, then rerun with --resume"
-                ) from error
-            raise StoreError(f"cannot write shard {index} to {self.path}: {error.strerror or error}") from error
+                message = (
+                    f"disk full while writing shard {index} to {self.path}; free space, then use --resume"
+                )
+                raise StoreError(message) from error
+            raise StoreError(
+                f"cannot write shard {index} to {self.path}: {error.strerror or error}"
+            ) from error
 
     def finish(self, n_shards: int, outlier_multiple: float) -> dict[str, Any] | None:
         """Mark the store complete if all ``n_shards`` exist (other ranks may still be writing: then None)."""
         if not all(self.has_shard(i) for i in range(n_shards)):
             return None
         shard_dirs = [self.path / "shards" / shard_name(i) for i in range(n_shards)]
-        shards = [{"index": i, "n_rows": len(np.load(d / "tokens.npy", mmap_mode="r"))} for i, d in enumerate(shard_dirs)]
+        shards = [
+            {"index": i, "n_rows": len(np.load(d / "tokens.npy", mmap_mode="r"))}
+            for i, d in enumerate(shard_dirs)
+        ]
         draft = {**self.manifest, "shards": shards, "n_rows": sum(s["n_rows"] for s in shards)}
         store = ActivationStore(self.path, draft)
         outliers: dict[str, Any] = {"multiple": outlier_multiple, "rows": {}, "median_norm": {}}

@@ -27,24 +27,52 @@ HELP = "record activations at hook points into an on-disk store"
 
 def add_arguments(parser: argparse.ArgumentParser, *, out: str = "runs/demo/acts") -> None:
     defaults = CaptureConfig()
-    parser.add_argument("--model", default=defaults.model, help="smollm2 (bundled), a local folder, a .gguf file or a hub id")
-    parser.add_argument("--hook", action="append", dest="hooks", metavar="NAME",
-                        help="hook point to record, repeatable (see `featurelens hooks`); default layers.15.resid_post")
-    parser.add_argument("--tokens", type=int, default=defaults.n_tokens, help="tokens to run through the model")
+    parser.add_argument(
+        "--model", default=defaults.model, help="smollm2 (bundled), a local folder, a .gguf file or a hub id"
+    )
+    parser.add_argument(
+        "--hook",
+        action="append",
+        dest="hooks",
+        metavar="NAME",
+        help="hook point to record, repeatable (see `featurelens hooks`); default layers.15.resid_post",
+    )
+    parser.add_argument(
+        "--tokens", type=int, default=defaults.n_tokens, help="tokens to run through the model"
+    )
     parser.add_argument("--out", default=out, help="store folder to create")
-    parser.add_argument("--corpus", default="bundled",
-                        help="bundled (Python docs), a .txt/.jsonl/.parquet file or folder, or hf:<dataset>")
-    parser.add_argument("--text-field", default="text", help="field/column holding the text in jsonl, parquet, datasets")
+    parser.add_argument(
+        "--corpus",
+        default="bundled",
+        help="bundled (Python docs), a .txt/.jsonl/.parquet file or folder, or hf:<dataset>",
+    )
+    parser.add_argument(
+        "--text-field", default="text", help="field/column holding the text in jsonl, parquet, datasets"
+    )
     parser.add_argument("--split", default="train", help="dataset split for hf: corpora")
     parser.add_argument("--seq-len", type=int, default=defaults.seq_len, help="tokens per packed sequence")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="sequences per forward pass")
+    parser.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help="sequences per forward pass"
+    )
     parser.add_argument("--dtype", choices=STORE_DTYPES, default=defaults.dtype, help="dtype stored on disk")
-    parser.add_argument("--skip-positions", type=int, default=defaults.skip_positions,
-                        help="leave out the first N positions of every sequence (attention sinks; default 1)")
-    parser.add_argument("--keep-special", action="store_true", help="also store rows of BOS/EOS/special tokens")
-    parser.add_argument("--shard-tokens", type=int, default=defaults.shard_tokens, help="tokens per shard (resume unit)")
-    parser.add_argument("--outlier-multiple", type=float, default=defaults.outlier_multiple,
-                        help="report rows whose norm exceeds this multiple of the median")
+    parser.add_argument(
+        "--skip-positions",
+        type=int,
+        default=defaults.skip_positions,
+        help="leave out the first N positions of every sequence (attention sinks; default 1)",
+    )
+    parser.add_argument(
+        "--keep-special", action="store_true", help="also store rows of BOS/EOS/special tokens"
+    )
+    parser.add_argument(
+        "--shard-tokens", type=int, default=defaults.shard_tokens, help="tokens per shard (resume unit)"
+    )
+    parser.add_argument(
+        "--outlier-multiple",
+        type=float,
+        default=defaults.outlier_multiple,
+        help="report rows whose norm exceeds this multiple of the median",
+    )
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--rank", type=int, default=0, help="this writer's rank when several fill one store")
     parser.add_argument("--world-size", type=int, default=1, help="number of writers filling the store")

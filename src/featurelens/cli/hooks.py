@@ -21,7 +21,9 @@ HELP = "list a model's hook points and their shapes"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="smollm2", help="smollm2 (bundled), a local folder, a .gguf file or a hub id")
+    parser.add_argument(
+        "--model", default="smollm2", help="smollm2 (bundled), a local folder, a .gguf file or a hub id"
+    )
     parser.add_argument("--layer", type=int, default=None, help="show only this layer's points")
     parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N")
 

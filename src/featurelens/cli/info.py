@@ -32,19 +32,30 @@ def _size_on_disk(path: Path) -> int:
 def print_summary(manifest: dict[str, Any], console: Console, path: Path | None = None) -> None:
     table = Table(show_header=False, box=None)
     config = manifest["config"]
-    table.add_row("model", f"{manifest['model']['spec']} ({manifest['model']['class']}, "
-                  f"{manifest['model']['n_layers']} layers, d_model={manifest['model']['d_model']})")
+    table.add_row(
+        "model",
+        f"{manifest['model']['spec']} ({manifest['model']['class']}, "
+        f"{manifest['model']['n_layers']} layers, d_model={manifest['model']['d_model']})",
+    )
     table.add_row("corpus", f"{manifest['corpus']['spec']} (python {manifest['python']})")
-    table.add_row("rows", f"{manifest['n_rows']:,} stored of {config['n_tokens']:,} tokens requested "
-                  f"(seq_len {manifest['seq_len']}, first {config['skip_positions']} position(s) skipped, "
-                  f"special tokens {'kept' if config['keep_special'] else 'dropped'})")
-    table.add_row("shards", f"{len(manifest['shards'])} x ≤{config['shard_tokens']:,} tokens, dtype {manifest['dtype']}")
+    table.add_row(
+        "rows",
+        f"{manifest['n_rows']:,} stored of {config['n_tokens']:,} tokens requested "
+        f"(seq_len {manifest['seq_len']}, first {config['skip_positions']} position(s) skipped, "
+        f"special tokens {'kept' if config['keep_special'] else 'dropped'})",
+    )
+    table.add_row(
+        "shards", f"{len(manifest['shards'])} x ≤{config['shard_tokens']:,} tokens, dtype {manifest['dtype']}"
+    )
     if path is not None:
         table.add_row("on disk", f"{_size_on_disk(path) / 2**20:,.1f} MiB at {path}")
     outliers = manifest["outliers"]
     for hook, spec in manifest["hooks"].items():
-        table.add_row(f"[bold]{hook}", f"width {spec['width']}, median norm {outliers['median_norm'][hook]:,.2f}, "
-                      f"{outliers['rows'][hook]:,} row(s) above {outliers['multiple']:g}x median")
+        table.add_row(
+            f"[bold]{hook}",
+            f"width {spec['width']}, median norm {outliers['median_norm'][hook]:,.2f}, "
+            f"{outliers['rows'][hook]:,} row(s) above {outliers['multiple']:g}x median",
+        )
     console.print(table)
 
 

@@ -59,7 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"featurelens {args.verb}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"featurelens {args.verb}: interrupted; finished shards are kept, rerun with --resume", file=sys.stderr)
+        print(
+            f"featurelens {args.verb}: interrupted; finished shards are kept, rerun with --resume",
+            file=sys.stderr,
+        )
         return 130
 
 

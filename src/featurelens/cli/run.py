@@ -27,7 +27,9 @@ HELP = "run the whole loop on the bundled model and corpus"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = CaptureConfig()
-    parser.add_argument("--model", default=defaults.model, help="model to look inside (default: bundled smollm2)")
+    parser.add_argument(
+        "--model", default=defaults.model, help="model to look inside (default: bundled smollm2)"
+    )
     parser.add_argument("--hook", default=defaults.hooks[0], help="hook point to study")
     parser.add_argument("--tokens", type=int, default=defaults.n_tokens, help="tokens to capture")
     parser.add_argument("--corpus", default="bundled", help="bundled, a local file/folder, or hf:<dataset>")

@@ -15,7 +15,9 @@ def corpus_files(path: Path) -> list[Path]:
     """``path`` itself, or every supported file under the folder ``path`` in sorted order."""
     if path.is_file():
         if path.suffix not in SUFFIXES:
-            raise CorpusError(f"corpus file {path} has an unsupported suffix; accepted: {', '.join(SUFFIXES)}")
+            raise CorpusError(
+                f"corpus file {path} has an unsupported suffix; accepted: {', '.join(SUFFIXES)}"
+            )
         return [path]
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
     if not files:
@@ -55,7 +57,9 @@ def _parquet_texts(path: Path, text_field: str) -> Iterator[str]:
     except Exception as error:  # pyarrow raises ArrowInvalid and OSError subclasses
         raise CorpusError(f"cannot read parquet file {path}: {str(error).splitlines()[0]}") from error
     if text_field not in table.schema_arrow.names:
-        raise CorpusError(f"{path} has no column {text_field!r}; columns: {', '.join(table.schema_arrow.names)}")
+        raise CorpusError(
+            f"{path} has no column {text_field!r}; columns: {', '.join(table.schema_arrow.names)}"
+        )
     for batch in table.iter_batches(columns=[text_field], batch_size=1024):
         yield from (text for text in batch.column(0).to_pylist() if isinstance(text, str))
 

@@ -88,17 +88,19 @@ def hidden_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
 
 
 def text_config(model: nn.Module) -> Any:
-    config = model.config
+    config: Any = model.config
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
 def find_layers(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
-    """The decoder blocks: the shallowest ``ModuleList`` with ``num_hidden_layers`` entries, and its parent."""
+    """The decoder blocks (the shallowest ``ModuleList`` of ``num_hidden_layers`` blocks) and their parent."""
     n_layers = getattr(text_config(model), "num_hidden_layers", None)
     candidates = [
         (name, module)
         for name, module in model.named_modules()
-        if isinstance(module, nn.ModuleList) and len(module) > 0 and (n_layers is None or len(module) == n_layers)
+        if isinstance(module, nn.ModuleList)
+        and len(module) > 0
+        and (n_layers is None or len(module) == n_layers)
     ]
     if not candidates:
         raise HookError(
@@ -107,7 +109,7 @@ def find_layers(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
         )
     name, layers = min(candidates, key=lambda item: item[0].count("."))
     parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-    return parent, layers  # type: ignore[return-value]
+    return parent, layers
 
 
 def _child_matching(block: nn.Module, pattern: re.Pattern[str]) -> nn.Module | None:
@@ -221,7 +223,9 @@ def _layer_points(part: _Block, resid_mid: nn.Module | None, d_model: int) -> It
     yield HookPoint(f"layers.{i}.resid_post", part.block, "output", i)
 
 
-def _mapped_layer_points(i: int, block: nn.Module, layer_map: dict[str, tuple[str, str]]) -> Iterator[HookPoint]:
+def _mapped_layer_points(
+    i: int, block: nn.Module, layer_map: dict[str, tuple[str, str]]
+) -> Iterator[HookPoint]:
     yield HookPoint(f"layers.{i}.resid_pre", block, "input", i)
     for point in LAYER_POINTS[1:-1]:
         path, side = layer_map[point]

@@ -1,4 +1,4 @@
-"""Load any Hugging Face model (hub id, local folder, GGUF file, or the bundled SmolLM2) with its hook points."""
+"""Load any Hugging Face model (hub id, local folder, GGUF file, bundled SmolLM2) with its hook points."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def converted_gguf_dir(path: Path) -> Path:
     except (ValueError, KeyError, OSError, RuntimeError) as error:
         raise ModelLoadError(f"transformers cannot load GGUF {path}: {str(error).splitlines()[0]}") from error
     # The weights are already dequantized floats: drop the GGUF "quantizer" so they save as plain safetensors.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     staging = target.with_name(target.name + f".tmp-{os.getpid()}")
@@ -115,7 +115,9 @@ def resolve_spec(spec: str) -> Path | str:
             raise ModelLoadError(f"{spec} is a directory without config.json; accepted: {ACCEPTED_SPECS}")
         return path
     if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise ModelLoadError(f"model {spec!r} is not a model directory or .gguf file; accepted: {ACCEPTED_SPECS}")
+        raise ModelLoadError(
+            f"model {spec!r} is not a model directory or .gguf file; accepted: {ACCEPTED_SPECS}"
+        )
     return spec
 
 
@@ -129,7 +131,9 @@ def _load_hf(source: Path | str, dtype: torch.dtype) -> tuple[nn.Module, Any]:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError, KeyError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelLoadError(f"cannot load model {str(source)!r}: {reason}; accepted: {ACCEPTED_SPECS}") from error
+        raise ModelLoadError(
+            f"cannot load model {str(source)!r}: {reason}; accepted: {ACCEPTED_SPECS}"
+        ) from error
     return model, tokenizer
 
 
@@ -151,8 +155,9 @@ class LanguageModel:
         self.spec = spec
         self.path = path
         config = text_config(model)
-        if hasattr(model, "config"):
-            model.config.use_cache = False  # capture never decodes step by step
+        model_config: Any = getattr(model, "config", None)
+        if model_config is not None:
+            model_config.use_cache = False  # capture never decodes step by step
         self.n_layers = int(config.num_hidden_layers)
         self.d_model = int(config.hidden_size)
         self.hook_points: dict[str, HookPoint] = find_hook_points(model)
@@ -208,7 +213,9 @@ def load_model(spec: str = "smollm2", *, device: str | None = None, dtype: str =
     target = resolve_device(device)
     source = resolve_spec(spec)
     model, tokenizer = _load_hf(source, torch_dtype)
-    return LanguageModel(model.to(target), tokenizer, spec=spec, path=source if isinstance(source, Path) else None)
+    return LanguageModel(
+        model.to(target), tokenizer, spec=spec, path=source if isinstance(source, Path) else None
+    )
 
 
 def _torch_dtype(name: str) -> torch.dtype:

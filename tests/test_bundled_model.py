@@ -1,0 +1,116 @@
+"""The bundled SmolLM2-135M-Instruct through its real GGUF loading code (marked slow; CI runs it)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import featurelens as fl
+from featurelens.capture.run import CaptureConfig
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> fl.LanguageModel:
+    started = time.perf_counter()
+    lm = fl.load_model("smollm2", device="cpu")
+    seconds = time.perf_counter() - started
+    print(f"\nload_model('smollm2'): {seconds:.1f}s (GGUF conversion included on a cold cache)")
+    return lm
+
+
+def test_cached_reload_is_fast_and_identical(smollm2: fl.LanguageModel) -> None:
+    started = time.perf_counter()
+    again = fl.load_model("smollm2", device="cpu")
+    seconds = time.perf_counter() - started
+    print(f"\ncached reload: {seconds:.1f}s from {again.path}")
+    assert again.path is not None and (again.path / "model.safetensors").is_file()
+    for (name, a), b in zip(
+        smollm2.model.state_dict().items(), again.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_bundled_capture_matches_output_hidden_states(smollm2: fl.LanguageModel) -> None:
+    assert smollm2.n_layers == 30 and smollm2.d_model == 576
+    ids = smollm2.tokenizer(
+        ["def f(x):\n    return x + 1", "The import statement"], return_tensors="pt", padding=True
+    )["input_ids"]
+    hooks = ["layers.15.resid_post", "layers.28.resid_post", "final_norm", "layers.15.mlp_neurons"]
+    acts = smollm2.capture(ids, hooks)
+    with torch.inference_mode():
+        hidden = smollm2.model(input_ids=ids, output_hidden_states=True).hidden_states
+    for hook, reference in (
+        ("layers.15.resid_post", hidden[16]),
+        ("layers.28.resid_post", hidden[29]),
+        ("final_norm", hidden[30]),
+    ):
+        diff = (acts[hook] - reference).abs().max().item()
+        print(f"\n{hook}: max |featurelens - output_hidden_states| = {diff:.3g}")
+        assert diff <= 1e-5 * reference.abs().max().item()
+    assert acts["layers.15.mlp_neurons"].shape == (*ids.shape, 1536)
+
+
+def test_attention_sinks_are_reported_as_norm_outliers(smollm2: fl.LanguageModel, tmp_path: Path) -> None:
+    config = CaptureConfig(out=str(tmp_path / "acts"), n_tokens=4096, skip_positions=0, keep_special=True)
+    fl.run_capture(config, smollm2)
+    store = fl.ActivationStore.open(config.out)
+    norms = store.norms("layers.15.resid_post")
+    position_zero = np.flatnonzero(store.positions == 0)
+    print(f"\nmedian norm {np.median(norms):.0f}, position-0 norms {norms[position_zero].min():.0f}+")
+    assert set(position_zero) <= set(store.outlier_rows("layers.15.resid_post"))
+    dropped = dataclasses.replace(config, out=str(tmp_path / "dropped"), skip_positions=1)
+    fl.run_capture(dropped, smollm2)
+    assert fl.ActivationStore.open(dropped.out).manifest["outliers"]["rows"]["layers.15.resid_post"] < len(
+        position_zero
+    )
+
+
+def test_featurelens_run_captures_and_summarises(tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "featurelens.cli.main",
+            "run",
+            "--tokens",
+            "2048",
+            "--out",
+            str(tmp_path / "demo"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "captured 2,048 tokens" in result.stdout and "layers.15.resid_post" in result.stdout
+    store = fl.ActivationStore.open(tmp_path / "demo" / "acts")
+    assert store.activations("layers.15.resid_post").shape[1] == 576
+    rerun = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "featurelens.cli.main",
+            "run",
+            "--tokens",
+            "2048",
+            "--out",
+            str(tmp_path / "demo"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert rerun.returncode == 0 and "reusing the finished capture" in rerun.stdout
