@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     lm = load_model(args.model, device=args.device)
     shapes = lm.shapes()
+    module_names = {id(module): name for name, module in lm.model.named_modules()}
     table = Table(title=f"{lm.name}: {lm.n_layers} layers, d_model={lm.d_model}")
     table.add_column("hook point")
     table.add_column("shape", justify="right")
@@ -38,6 +39,8 @@ def main(args: argparse.Namespace) -> int:
     for name, point in lm.hook_points.items():
         if args.layer is not None and point.layer != args.layer:
             continue
-        table.add_row(name, str(list(shapes[name])), f"{point.side} of {type(point.module).__name__}")
+        table.add_row(
+            name, str(list(shapes[name])), f"{point.side} of {module_names.get(id(point.module), '?')}"
+        )
     Console().print(table)
     return 0
