@@ -121,6 +121,9 @@ def test_bad_input_is_one_clear_line(tiny_model_dir: Path, tmp_path: Path) -> No
     assert_one_line_error(featurelens("hooks", "--model", str(not_gguf)), "not a readable GGUF model")
     assert_one_line_error(featurelens("hooks", "--model", str(tmp_path)), "without config.json")
     assert_one_line_error(
+        featurelens("hooks", "--model", "no-org/no-model"), "cannot load model 'no-org/no-model'"
+    )
+    assert_one_line_error(
         featurelens("capture", "--model", str(tiny_model_dir), *out, "--hook", "layers.7.resid_post"),
         "unknown hook point 'layers.7.resid_post'",
         "layers.{0..2}",

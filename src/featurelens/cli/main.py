@@ -51,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # retries would print multi-line noise
     try:
         return int(args.handler(args) or 0)
     except FeatureLensError as error:
