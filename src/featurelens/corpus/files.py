@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from featurelens.errors import CorpusError
 
@@ -49,6 +50,18 @@ def _jsonl_texts(path: Path, text_field: str) -> Iterator[str]:
         raise CorpusError(f"cannot read corpus file {path}: {error}") from error
 
 
+def _is_text_type(arrow_type: Any) -> bool:
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    return bool(
+        pa.types.is_string(arrow_type)
+        or pa.types.is_large_string(arrow_type)
+        or getattr(pa.types, "is_string_view", lambda _t: False)(arrow_type)
+    )
+
+
 def _parquet_texts(path: Path, text_field: str) -> Iterator[str]:
     import pyarrow.parquet as pq
 
@@ -60,6 +73,9 @@ def _parquet_texts(path: Path, text_field: str) -> Iterator[str]:
         raise CorpusError(
             f"{path} has no column {text_field!r}; columns: {', '.join(table.schema_arrow.names)}"
         )
+    column_type = table.schema_arrow.field(text_field).type
+    if not _is_text_type(column_type):
+        raise CorpusError(f"{path} column {text_field!r} holds {column_type}, not text; use --text-field")
     for batch in table.iter_batches(columns=[text_field], batch_size=1024):
         yield from (text for text in batch.column(0).to_pylist() if isinstance(text, str))
 
