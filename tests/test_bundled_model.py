@@ -75,42 +75,17 @@ def test_attention_sinks_are_reported_as_norm_outliers(smollm2: fl.LanguageModel
     )
 
 
-def test_featurelens_run_captures_and_summarises(tmp_path: Path) -> None:
+def run_featurelens(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "featurelens.cli.main",
-            "run",
-            "--tokens",
-            "2048",
-            "--out",
-            str(tmp_path / "demo"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    command = [sys.executable, "-m", "featurelens.cli.main", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_featurelens_run_captures_and_summarises(tmp_path: Path) -> None:
+    result = run_featurelens("run", "--tokens", "2048", "--out", str(tmp_path / "demo"))
     assert result.returncode == 0, result.stderr
     assert "captured 2,048 tokens" in result.stdout and "layers.15.resid_post" in result.stdout
     store = fl.ActivationStore.open(tmp_path / "demo" / "acts")
     assert store.activations("layers.15.resid_post").shape[1] == 576
-    rerun = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "featurelens.cli.main",
-            "run",
-            "--tokens",
-            "2048",
-            "--out",
-            str(tmp_path / "demo"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    rerun = run_featurelens("run", "--tokens", "2048", "--out", str(tmp_path / "demo"))
     assert rerun.returncode == 0 and "reusing the finished capture" in rerun.stdout

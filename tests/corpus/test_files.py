@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from featurelens.corpus import CorpusConfig, documents
-from featurelens.errors import CorpusError
-
-
-def read(path: Path | str, text_field: str = "text") -> list[str]:
-    return list(documents(CorpusConfig(spec=str(path), text_field=text_field)))
-
-
-def corpus_error(read_corpus: Callable[[], object]) -> str:
-    """The CorpusError message ``read_corpus`` raises, checked to be one line."""
-    with pytest.raises(CorpusError) as info:
-        read_corpus()
-    message = str(info.value)
-    assert message and "\n" not in message
-    return message
+from .helpers import corpus_error, read
 
 
 def write_jsonl(path: Path, records: list[object]) -> Path:

@@ -4,29 +4,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from featurelens.corpus import CorpusConfig, documents
-from featurelens.errors import CorpusError
+from .helpers import corpus_error, read
 
 MISSING = "featurelens-tests/no-such-dataset"
-
-
-def read(spec: str, **options: str) -> list[str]:
-    return list(documents(CorpusConfig(spec=spec, **options)))
-
-
-def corpus_error(read_corpus: Callable[[], object]) -> str:
-    with pytest.raises(CorpusError) as info:
-        read_corpus()
-    message = str(info.value)
-    assert message and "\n" not in message
-    return message
 
 
 @pytest.fixture
