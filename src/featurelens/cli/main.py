@@ -46,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    logging.getLogger("featurelens").setLevel(logging.INFO)  # one-off notes such as the GGUF conversion
     if not args.verbose:
         from transformers.utils import logging as hf_logging
 

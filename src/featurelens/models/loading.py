@@ -82,6 +82,7 @@ def converted_gguf_dir(path: Path) -> Path:
     _check_gguf(path)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    log.info("dequantizing %s once (~30 s); later loads read the cached safetensors", path.name)
     started = time.perf_counter()
     try:
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
