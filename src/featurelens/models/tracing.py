@@ -1,8 +1,8 @@
-"""Record hook-point tensors during a forward pass, stopping as soon as the last one has fired."""
+"""Read hook points during a forward pass (stopping once the last has fired), or replace one of them."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -57,3 +57,45 @@ def capture_points(
     if missing:
         raise HookError(f"hook point(s) {', '.join(missing)} did not fire during the forward pass")
     return recorded
+
+
+def _replace_first_tensor(value: Any, new: torch.Tensor) -> Any:
+    if isinstance(value, torch.Tensor):
+        return new
+    if isinstance(value, tuple):
+        return (new, *value[1:])
+    raise HookError(f"cannot replace a module output of type {type(value).__name__}")
+
+
+def run_with_replacement(
+    model: nn.Module, point: HookPoint, edit: Callable[[torch.Tensor], torch.Tensor], input_ids: torch.Tensor
+) -> torch.Tensor:
+    """Logits [batch, seq, vocab] of ``model`` with ``point``'s tensor replaced by ``edit(tensor)``.
+
+    The edit sees and returns a tensor of the point's shape [batch, seq, width]; a point that never
+    fires raises :class:`HookError`.
+    """
+    fired = []
+
+    def edit_output(_m: nn.Module, _args: Any, output: Any) -> Any:
+        fired.append(True)
+        return _replace_first_tensor(output, edit(first_tensor(output)))
+
+    def edit_input(_m: nn.Module, args: Any, kwargs: Any) -> Any:
+        fired.append(True)
+        if args and isinstance(args[0], torch.Tensor):
+            return (edit(args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": edit(hidden_input(args, kwargs))}
+
+    if point.side == "output":
+        handle = point.module.register_forward_hook(edit_output)
+    else:
+        handle = point.module.register_forward_pre_hook(edit_input, with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            logits = model(input_ids=input_ids).logits
+    finally:
+        handle.remove()
+    if not fired:
+        raise HookError(f"hook point {point.name} did not fire during the forward pass")
+    return logits
