@@ -48,7 +48,7 @@ def spliced_loss(
     input_ids: torch.Tensor,
     splice_mask: torch.Tensor | None = None,
 ) -> SplicedLoss:
-    """Splice ``reconstruct`` (activations [n, width] -> [n, width]) in at ``hook``; ``input_ids`` [batch, seq].
+    """Loss with ``reconstruct`` (acts [n, width] -> [n, width]) spliced in at ``hook``; ids [batch, seq].
 
     Only positions where ``splice_mask`` [batch, seq] is true are replaced (e.g. not the attention-sink
     position 0 that the store leaves out); the rest keep their clean activations.
