@@ -1,0 +1,19 @@
+"""Sparse dictionaries (SAEs, transcoders) behind one `Dictionary` interface and one weight format."""
+
+from featurelens.dictionaries.base import Dictionary, DictionaryError, TrainingOutput
+from featurelens.dictionaries.batchtopk import BatchTopKDictionary
+from featurelens.dictionaries.registry import ARCHITECTURES, build_dictionary, dictionary_class
+from featurelens.dictionaries.relu import ReLUDictionary
+from featurelens.dictionaries.topk import TopKDictionary
+
+__all__ = [
+    "ARCHITECTURES",
+    "BatchTopKDictionary",
+    "Dictionary",
+    "DictionaryError",
+    "ReLUDictionary",
+    "TopKDictionary",
+    "TrainingOutput",
+    "build_dictionary",
+    "dictionary_class",
+]

@@ -1,0 +1,1 @@
+"""On-disk formats for dictionaries: featurelens' own safetensors + JSON folder."""

@@ -1,0 +1,44 @@
+"""TopK SAE (Gao et al. 2024): keep the k largest ReLU pre-activations of each row."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from featurelens.dictionaries.base import Dictionary, DictionaryError, TrainingOutput
+from featurelens.dictionaries.sparse_decode import dense_codes, topk_decode
+
+
+def check_k(k: int, d_latent: int) -> None:
+    """Reject a k that cannot select a strict subset of the latents."""
+    if not 0 < k < d_latent:
+        raise DictionaryError(f"k must be between 1 and d_latent - 1 = {d_latent - 1}, got {k}")
+
+
+class TopKDictionary(Dictionary):
+    """Codes = the k largest of relu(pre) per row; decoded sparsely when k << d_latent."""
+
+    arch = "topk"
+
+    def __init__(self, d_in: int, d_latent: int, *, k: int = 32, **kwargs: Any) -> None:
+        check_k(k, d_latent)
+        super().__init__(d_in, d_latent, **kwargs)
+        self.k = k
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "k": self.k}
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        values, indices = pre.topk(self.k, dim=1, sorted=False)
+        return dense_codes(indices, values.relu(), self.d_latent)
+
+    def training_forward(self, x_scaled: torch.Tensor) -> TrainingOutput:
+        pre = self.pre_activation(x_scaled)
+        values, indices = pre.topk(self.k, dim=1, sorted=False)
+        values = values.relu()
+        y_hat = topk_decode(indices, values, self.W_dec) + self.b_dec + self.skip_term(x_scaled)
+        active = values > 0
+        fired = torch.zeros(self.d_latent, dtype=torch.bool, device=pre.device)
+        fired[indices[active]] = True
+        return TrainingOutput(y_hat, fired, active.sum(1).float().mean(), pre.new_zeros(()), pre)

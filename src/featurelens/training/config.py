@@ -1,0 +1,69 @@
+"""Options of one dictionary training run, recorded next to the weights it produces."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from featurelens.dictionaries.base import DictionaryError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run.
+
+    ``expansion`` sets d_latent = expansion * d_in. The learning rate warms up linearly over
+    ``warmup_steps`` and decays linearly to 0 over the last ``decay_fraction`` of ``steps``. A latent is
+    dead after ``dead_after_tokens`` rows without firing; AuxK (weight ``auxk_coefficient``, ``auxk_k``
+    latents, default d_in // 2) then trains it on the main residual. ``seed`` fixes initialisation.
+    """
+
+    arch: str = "topk"
+    k: int = 32
+    expansion: int = 16
+    l1_coefficient: float = 1.0
+    lr: float = 1e-3
+    batch_size: int = 4096
+    steps: int = 1000
+    seed: int = 0
+    warmup_steps: int = 50
+    decay_fraction: float = 0.2
+    auxk_coefficient: float = 1 / 32
+    auxk_k: int | None = None
+    dead_after_tokens: int = 1_000_000
+    hook_in: str = ""
+    hook_out: str | None = None
+    skip: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("expansion", "batch_size", "steps"):
+            if getattr(self, name) < 1:
+                raise DictionaryError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise DictionaryError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.decay_fraction <= 1:
+            raise DictionaryError(f"decay_fraction must be in [0, 1], got {self.decay_fraction}")
+
+    def dictionary_kwargs(self) -> dict[str, Any]:
+        """The architecture-specific constructor arguments this config implies."""
+        kwargs: dict[str, Any] = {"hook_in": self.hook_in, "hook_out": self.hook_out, "skip": self.skip}
+        if self.arch in ("topk", "batchtopk", "matryoshka"):
+            kwargs["k"] = self.k
+        if self.arch == "relu":
+            kwargs["l1_coefficient"] = self.l1_coefficient
+        return kwargs
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return asdict(self)
+
+
+def learning_rate_factor(step: int, config: TrainConfig) -> float:
+    """Multiplier of ``config.lr`` at ``step``: linear warm-up, constant, then linear decay to 0."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    decay_steps = int(config.decay_fraction * config.steps)
+    decay_start = config.steps - decay_steps
+    if decay_steps and step >= decay_start:
+        return max(0.0, (config.steps - step) / decay_steps)
+    return 1.0

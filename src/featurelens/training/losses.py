@@ -1,0 +1,39 @@
+"""Training losses beyond reconstruction: the AuxK dead-latent loss and robust decoder-bias init."""
+
+from __future__ import annotations
+
+import torch
+
+from featurelens.dictionaries.sparse_decode import topk_decode
+
+
+def auxk_loss(
+    pre: torch.Tensor, dead: torch.Tensor, residual: torch.Tensor, W_dec: torch.Tensor, k_aux: int
+) -> torch.Tensor:
+    """AuxK (Gao et al. 2024): dead latents must reconstruct the main residual; a scalar, 0 if none is dead.
+
+    pre [n, d_latent] pre-activations; dead [d_latent] bool; residual [n, d_out] = target - reconstruction
+    (detached); W_dec [d_latent, d_out]. Normalised by the residual's variance so its scale is O(1).
+    """
+    n_dead = int(dead.sum())
+    if n_dead == 0:
+        return pre.new_zeros(())
+    k = min(k_aux, n_dead)
+    dead_pre = pre.masked_fill(~dead, float("-inf"))
+    values, indices = dead_pre.topk(k, dim=1, sorted=False)
+    residual_hat = topk_decode(indices, values.relu(), W_dec)
+    total = (residual - residual.mean(dim=0)).square().sum().clamp_min(1e-12)
+    return (residual_hat - residual).square().sum() / total
+
+
+@torch.no_grad()
+def geometric_median(points: torch.Tensor, iterations: int = 50, eps: float = 1e-6) -> torch.Tensor:
+    """Weiszfeld's estimate of the point [d] minimising the summed distance to points [n, d]."""
+    median = points.mean(dim=0)
+    for _ in range(iterations):
+        weights = 1.0 / (points - median).norm(dim=1).clamp_min(eps)
+        updated = (weights[:, None] * points).sum(0) / weights.sum()
+        if (updated - median).norm() <= eps * median.norm().clamp_min(1.0):
+            return updated
+        median = updated
+    return median
