@@ -23,7 +23,7 @@ def config(arch: str, **overrides: object) -> TrainConfig:
     fields: dict[str, object] = {
         "arch": arch,
         "k": 4,
-        "l1_coefficient": 0.2,
+        "sparsity_coefficient": 0.2,
         "expansion": 16,
         "batch_size": 1024,
         "steps": STEPS,

@@ -33,14 +33,15 @@ class TrainingOutput:
     """What one training forward pass yields, in the scaled space.
 
     ``y_hat`` [n, d_out]; ``fired`` [d_latent] bool, latents active on at least one row; ``l0`` mean
-    active latents per row; ``sparsity_loss`` the architecture's own penalty (0 for TopK); ``pre``
+    active latents per row; ``extra_loss`` the architecture's own loss terms beyond the main
+    reconstruction (a sparsity penalty, nested-prefix reconstructions; 0 for TopK); ``pre``
     [n, d_latent] pre-activations (for the dead-latent auxiliary loss).
     """
 
     y_hat: torch.Tensor
     fired: torch.Tensor
     l0: torch.Tensor
-    sparsity_loss: torch.Tensor
+    extra_loss: torch.Tensor
     pre: torch.Tensor
 
 
@@ -48,6 +49,7 @@ class Dictionary(nn.Module):
     """Base class: subclasses set ``arch`` and implement :meth:`activate` and :meth:`training_forward`."""
 
     arch: ClassVar[str] = ""
+    sparsity_coefficient: float | None = None  # the penalty weight of relu/jumprelu; None = sparse by k
     input_scale: torch.Tensor
     output_scale: torch.Tensor
 
@@ -118,8 +120,8 @@ class Dictionary(nn.Module):
         """Inference non-linearity: pre-activations [n, d_latent] -> codes [n, d_latent]."""
         raise NotImplementedError
 
-    def training_forward(self, x_scaled: torch.Tensor) -> TrainingOutput:
-        """One training pass on scaled inputs [n, d_in]."""
+    def training_forward(self, x_scaled: torch.Tensor, y_scaled: torch.Tensor) -> TrainingOutput:
+        """One training pass on scaled inputs [n, d_in] with scaled targets [n, d_out] (x for an SAE)."""
         raise NotImplementedError
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

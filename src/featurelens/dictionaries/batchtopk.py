@@ -46,7 +46,7 @@ class BatchTopKDictionary(Dictionary):
         values, indices = flat.topk(min(self.k * pre.shape[0], flat.numel()), sorted=False)
         return torch.zeros_like(flat).scatter(0, indices, values).view_as(pre)
 
-    def training_forward(self, x_scaled: torch.Tensor) -> TrainingOutput:
+    def training_forward(self, x_scaled: torch.Tensor, y_scaled: torch.Tensor) -> TrainingOutput:
         pre = self.pre_activation(x_scaled)
         codes = self.batch_topk_codes(pre)
         active = codes > 0

@@ -33,7 +33,7 @@ class TopKDictionary(Dictionary):
         values, indices = pre.topk(self.k, dim=1, sorted=False)
         return dense_codes(indices, values.relu(), self.d_latent)
 
-    def training_forward(self, x_scaled: torch.Tensor) -> TrainingOutput:
+    def training_forward(self, x_scaled: torch.Tensor, y_scaled: torch.Tensor) -> TrainingOutput:
         pre = self.pre_activation(x_scaled)
         values, indices = pre.topk(self.k, dim=1, sorted=False)
         values = values.relu()

@@ -7,6 +7,9 @@ from typing import Any
 
 from featurelens.dictionaries.base import DictionaryError
 
+K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka")  # sparsity set by k
+PENALTY_ARCHITECTURES = ("relu", "jumprelu")  # sparsity set by a penalty (or a target L0)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -16,12 +19,15 @@ class TrainConfig:
     ``warmup_steps`` and decays linearly to 0 over the last ``decay_fraction`` of ``steps``. A latent is
     dead after ``dead_after_tokens`` rows without firing; AuxK (weight ``auxk_coefficient``, ``auxk_k``
     latents, default d_in // 2) then trains it on the main residual. ``seed`` fixes initialisation.
+    Architectures with a sparsity penalty (relu, jumprelu) start from ``sparsity_coefficient``; with
+    ``target_l0`` a controller steers that coefficient until the mean L0 reaches the target.
     """
 
     arch: str = "topk"
     k: int = 32
     expansion: int = 16
-    l1_coefficient: float = 1.0
+    sparsity_coefficient: float = 1.0
+    target_l0: float | None = None
     lr: float = 1e-3
     batch_size: int = 4096
     steps: int = 1000
@@ -41,16 +47,20 @@ class TrainConfig:
                 raise DictionaryError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.lr <= 0:
             raise DictionaryError(f"lr must be positive, got {self.lr}")
+        if self.target_l0 is not None and self.target_l0 <= 0:
+            raise DictionaryError(f"target_l0 must be positive, got {self.target_l0}")
+        if self.sparsity_coefficient < 0:
+            raise DictionaryError(f"sparsity_coefficient must be >= 0, got {self.sparsity_coefficient}")
         if not 0 <= self.decay_fraction <= 1:
             raise DictionaryError(f"decay_fraction must be in [0, 1], got {self.decay_fraction}")
 
     def dictionary_kwargs(self) -> dict[str, Any]:
         """The architecture-specific constructor arguments this config implies."""
         kwargs: dict[str, Any] = {"hook_in": self.hook_in, "hook_out": self.hook_out, "skip": self.skip}
-        if self.arch in ("topk", "batchtopk", "matryoshka"):
+        if self.arch in K_ARCHITECTURES:
             kwargs["k"] = self.k
-        if self.arch == "relu":
-            kwargs["l1_coefficient"] = self.l1_coefficient
+        if self.arch in PENALTY_ARCHITECTURES:
+            kwargs["sparsity_coefficient"] = self.sparsity_coefficient
         return kwargs
 
     def to_dict(self) -> dict[str, Any]:

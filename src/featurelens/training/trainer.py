@@ -11,6 +11,7 @@ import torch
 from featurelens.dictionaries.base import Dictionary, DictionaryError
 from featurelens.dictionaries.registry import dictionary_class
 from featurelens.training.config import TrainConfig, learning_rate_factor
+from featurelens.training.controller import L0Controller
 from featurelens.training.losses import auxk_loss, geometric_median
 from featurelens.training.metrics import dead_fraction
 
@@ -76,6 +77,13 @@ def train_dictionary(config: TrainConfig, batches: Iterable[Batch]) -> TrainResu
     dictionary = build_for_batch(config, x, y)
     optimizer = torch.optim.Adam(dictionary.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
+    controller = None
+    if config.target_l0 is not None:
+        if dictionary.sparsity_coefficient is None:
+            raise DictionaryError(
+                f"target_l0 needs a penalty architecture, not {config.arch!r} (set k instead)"
+            )
+        controller = L0Controller(config.target_l0, config.sparsity_coefficient)
     rows_since_fired = torch.zeros(dictionary.d_latent, dtype=torch.long)
     k_aux = config.auxk_k or max(1, dictionary.d_out // 2)
     window: list[tuple[float, float, float, float]] = []
@@ -84,9 +92,9 @@ def train_dictionary(config: TrainConfig, batches: Iterable[Batch]) -> TrainResu
     while batch is not None and step < config.steps:
         x, y = split_batch(batch)
         xs, ys = x * dictionary.input_scale, y * dictionary.output_scale
-        out = dictionary.training_forward(xs)
+        out = dictionary.training_forward(xs, ys)
         residual = ys - out.y_hat
-        loss = residual.square().sum(1).mean() / ys.shape[1] + out.sparsity_loss
+        loss = residual.square().sum(1).mean() / ys.shape[1] + out.extra_loss
         dead = rows_since_fired > config.dead_after_tokens
         if config.auxk_coefficient and dead.any():
             aux = auxk_loss(out.pre, dead, residual.detach(), dictionary.W_dec, k_aux)
@@ -97,6 +105,8 @@ def train_dictionary(config: TrainConfig, batches: Iterable[Batch]) -> TrainResu
         optimizer.step()
         scheduler.step()
         dictionary.normalize_decoder_()
+        if controller is not None:
+            dictionary.sparsity_coefficient = controller.update(float(out.l0))
         rows_since_fired += x.shape[0]
         rows_since_fired[out.fired] = 0
         with torch.no_grad():
