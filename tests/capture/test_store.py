@@ -113,6 +113,26 @@ def test_shuffled_batches_visit_every_row_once(tmp_path: Path, tiny_loaded: fl.L
     np.testing.assert_array_equal(again, rows)
 
 
+def test_aligned_batches_pair_hooks_row_by_row_within_a_row_range(
+    tmp_path: Path, tiny_loaded: fl.LanguageModel
+) -> None:
+    cfg = config(tmp_path)
+    fl.run_capture(cfg, tiny_loaded)
+    store = fl.ActivationStore.open(cfg.out)
+    first, second = (np.asarray(store.activations(hook)) for hook in HOOKS)
+    start, stop = 100, store.n_tokens - 300  # crosses shard boundaries at both ends
+    batches = list(store.iter_aligned_batches(HOOKS, 64, seed=5, buffer_shards=2, rows=(start, stop)))
+    xs, ys = (torch.cat(parts).numpy() for parts in zip(*batches, strict=True))
+    assert len(xs) == stop - start
+    # the same permutation for both hooks: each x row sits next to the y row of the same token
+    pairs = np.concatenate([xs, ys], axis=1)
+    expected = np.concatenate([first[start:stop], second[start:stop]], axis=1)
+    assert not np.array_equal(pairs, expected)  # shuffled
+    np.testing.assert_array_equal(np.unique(pairs, axis=0), np.unique(expected, axis=0))
+    with pytest.raises(StoreError, match="outside"):
+        next(store.iter_aligned_batches(HOOKS, 64, rows=(0, store.n_tokens + 1)))
+
+
 def test_outlier_rows_are_those_above_the_multiple_of_the_median(
     tmp_path: Path, tiny_loaded: fl.LanguageModel
 ) -> None:

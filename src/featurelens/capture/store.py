@@ -20,7 +20,7 @@ import errno
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,23 +200,56 @@ class ActivationStore:
         With ``shuffle`` the shard order is permuted and rows are permuted within each buffer of
         ``buffer_shards`` shards: a shuffle buffer, so the store is never loaded into RAM.
         """
+        for (batch,) in self.iter_aligned_batches(
+            [hook], batch_size, shuffle=shuffle, seed=seed, buffer_shards=buffer_shards
+        ):
+            yield batch
+
+    def iter_aligned_batches(
+        self,
+        hooks: Sequence[str],
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        buffer_shards: int = 4,
+        rows: tuple[int, int] | None = None,
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Like :meth:`iter_batches`, one float32 batch per hook, every batch taking the same rows.
+
+        ``rows`` = (start, stop) restricts the batches to that row range (e.g. leave the tail held out).
+        """
         if batch_size < 1:
             raise StoreError(f"batch size must be a positive integer, got {batch_size}")
-        self._check_hook(hook)
+        for hook in hooks:
+            self._check_hook(hook)
+        start, stop = rows if rows is not None else (0, self.n_tokens)
+        if not 0 <= start <= stop <= self.n_tokens:
+            raise StoreError(f"row range {start}:{stop} is outside the store's {self.n_tokens} rows")
         rng = np.random.default_rng(seed)
-        shards = self._load(f"{hook}.npy")
-        order = rng.permutation(len(shards)) if shuffle else np.arange(len(shards))
+        shards = [self._load(f"{hook}.npy") for hook in hooks]
+        pieces = _pieces([len(shard) for shard in shards[0]], start, stop)
+        order = rng.permutation(len(pieces)) if shuffle else np.arange(len(pieces))
         dtype = self.manifest["dtype"]
-        for start in range(0, len(order), buffer_shards):
-            buffer = np.concatenate([shards[i] for i in order[start : start + buffer_shards]])
-            rows = rng.permutation(len(buffer)) if shuffle else np.arange(len(buffer))
-            for first in range(0, len(rows), batch_size):
-                picked = (
-                    np.sort(rows[first : first + batch_size])
-                    if not shuffle
-                    else rows[first : first + batch_size]
-                )
-                yield from_storage(buffer[picked], dtype).float()
+        for first_piece in range(0, len(order), buffer_shards):
+            chosen = [pieces[i] for i in order[first_piece : first_piece + buffer_shards]]
+            buffers = [np.concatenate([hook_shards[i][a:b] for i, a, b in chosen]) for hook_shards in shards]
+            picks = rng.permutation(len(buffers[0])) if shuffle else np.arange(len(buffers[0]))
+            for first in range(0, len(picks), batch_size):
+                picked = picks[first : first + batch_size]
+                picked = picked if shuffle else np.sort(picked)
+                yield tuple(from_storage(buffer[picked], dtype).float() for buffer in buffers)
+
+
+def _pieces(lengths: list[int], start: int, stop: int) -> list[tuple[int, int, int]]:
+    """(shard, first, end) row slices of shards with ``lengths`` covering global rows [start, stop)."""
+    pieces, offset = [], 0
+    for index, length in enumerate(lengths):
+        first, end = max(start - offset, 0), min(stop - offset, length)
+        if first < end:
+            pieces.append((index, first, end))
+        offset += length
+    return pieces
 
 
 def read_manifest(path: Path) -> dict[str, Any] | None:
