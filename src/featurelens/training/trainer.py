@@ -1,28 +1,30 @@
-"""Train a `Dictionary` from any iterable of float32 batches (e.g. ``ActivationStore.iter_batches``)."""
+"""Train dictionaries from any iterable of float32 batches, several configurations in one pass."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from featurelens.dictionaries.base import Dictionary, DictionaryError
-from featurelens.dictionaries.registry import dictionary_class
-from featurelens.training.config import TrainConfig, learning_rate_factor
-from featurelens.training.controller import L0Controller
-from featurelens.training.losses import auxk_loss, geometric_median
-from featurelens.training.metrics import dead_fraction
+from featurelens.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from featurelens.training.config import TrainConfig
+from featurelens.training.state import StepMetrics, TrainingRun, initial_dictionary
 
 Batch = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
-FINAL_WINDOW = 10  # reported metrics average the last this-many steps
+StepCallback = Callable[[list[TrainingRun], list[StepMetrics]], None]
 
 
 @dataclass(frozen=True)
 class TrainResult:
     """A trained dictionary and the core metrics of its final steps (on training batches)."""
 
+    config: TrainConfig
     dictionary: Dictionary
     fvu: float
     l0: float
@@ -30,6 +32,19 @@ class TrainResult:
     steps: int
     tokens: int
     tokens_per_second: float
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """Save the training state to ``folder`` every ``every`` steps; ``resume`` continues from it.
+
+    ``source`` identifies the data (e.g. store path, hooks, rows): a checkpoint of other data is refused.
+    """
+
+    folder: Path
+    every: int = 0
+    resume: bool = False
+    source: dict[str, Any] | None = None
 
 
 def split_batch(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,84 +61,76 @@ def split_batch(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return x.float(), y.float()
 
 
-def normalising_scale(x: torch.Tensor) -> float:
-    """The scalar that gives rows of x [n, d] a mean squared norm of d."""
-    return float(x.shape[1] ** 0.5 / x.norm(dim=1).mean().clamp_min(1e-12))
-
-
-def build_for_batch(config: TrainConfig, x: torch.Tensor, y: torch.Tensor) -> Dictionary:
-    """A dictionary sized, scaled and initialised from the first batch (decoder bias = geometric median)."""
-    d_in, d_out = x.shape[1], y.shape[1]
-    kwargs = config.dictionary_kwargs()
-    if d_out != d_in:
-        kwargs["d_out"] = d_out
-    dictionary = dictionary_class(config.arch)(d_in, config.expansion * d_in, **kwargs)
-    dictionary.reset_parameters(torch.Generator().manual_seed(config.seed))
-    s_in = normalising_scale(x)
-    s_out = s_in if not dictionary.is_transcoder else normalising_scale(y)
-    dictionary.set_scales_(s_in, s_out)
-    with torch.no_grad():
-        dictionary.b_dec.copy_(geometric_median(y * s_out))
-    return dictionary
-
-
-def train_dictionary(config: TrainConfig, batches: Iterable[Batch]) -> TrainResult:
-    """Train ``config.steps`` steps (fewer if ``batches`` runs out); batches are x or (x, y) float tensors."""
-    iterator: Iterator[Batch] = iter(batches)
-    first = next(iterator, None)
-    if first is None:
-        raise DictionaryError("no training batches: the activation source is empty")
-    x, y = split_batch(first)
-    dictionary = build_for_batch(config, x, y)
-    optimizer = torch.optim.Adam(dictionary.parameters(), lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
-    controller = None
-    if config.target_l0 is not None:
-        if dictionary.sparsity_coefficient is None:
+def _check_together(configs: Sequence[TrainConfig]) -> None:
+    if not configs:
+        raise DictionaryError("no training configuration given")
+    for field in ("batch_size", "steps", "hook_in", "hook_out"):
+        values = {getattr(config, field) for config in configs}
+        if len(values) > 1:
             raise DictionaryError(
-                f"target_l0 needs a penalty architecture, not {config.arch!r} (set k instead)"
+                f"configurations trained together must share {field}, got {sorted(map(str, values))}"
             )
-        controller = L0Controller(config.target_l0, config.sparsity_coefficient)
-    rows_since_fired = torch.zeros(dictionary.d_latent, dtype=torch.long)
-    k_aux = config.auxk_k or max(1, dictionary.d_out // 2)
-    window: list[tuple[float, float, float, float]] = []
-    tokens, step, started = 0, 0, time.perf_counter()
-    batch: Batch | None = first
-    while batch is not None and step < config.steps:
+
+
+def train_dictionaries(
+    configs: Sequence[TrainConfig],
+    batches: Iterable[Batch],
+    *,
+    checkpointing: Checkpointing | None = None,
+    on_step: StepCallback | None = None,
+) -> list[TrainResult]:
+    """Train one dictionary per config on the same batches (x, or (x, y) for transcoders), read once.
+
+    Runs ``steps`` steps or until ``batches`` ends. With ``checkpointing.resume`` and a checkpoint in its
+    folder, the weights, optimiser and counters are restored and the first ``step`` batches are skipped,
+    so the result equals an uninterrupted run given the same deterministic batches.
+    """
+    _check_together(configs)
+    steps = configs[0].steps
+    iterator: Iterator[Batch] = iter(batches)
+    runs: list[TrainingRun] | None = None
+    source = (checkpointing.source or {}) if checkpointing else {}
+    if checkpointing and checkpointing.resume and (folder := find_checkpoint(checkpointing.folder)):
+        runs = load_checkpoint(folder, list(configs), source)
+        done = runs[0].step
+        if sum(1 for _ in islice(iterator, done)) < done:
+            raise DictionaryError(f"the activations ran out before the checkpoint's step {done}")
+    pending = None
+    if runs is None:
+        pending = next(iterator, None)
+        if pending is None:
+            raise DictionaryError("no training batches: the activation source is empty")
+        x, y = split_batch(pending)
+        runs = [TrainingRun(config, initial_dictionary(config, x, y)) for config in configs]
+    started, start_tokens = time.perf_counter(), runs[0].tokens
+    while runs[0].step < steps:
+        batch = pending if pending is not None else next(iterator, None)
+        pending = None
+        if batch is None:
+            break
         x, y = split_batch(batch)
-        xs, ys = x * dictionary.input_scale, y * dictionary.output_scale
-        out = dictionary.training_forward(xs, ys)
-        residual = ys - out.y_hat
-        loss = residual.square().sum(1).mean() / ys.shape[1] + out.extra_loss
-        dead = rows_since_fired > config.dead_after_tokens
-        if config.auxk_coefficient and dead.any():
-            aux = auxk_loss(out.pre, dead, residual.detach(), dictionary.W_dec, k_aux)
-            loss = loss + config.auxk_coefficient * aux
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        dictionary.remove_parallel_decoder_grad_()
-        optimizer.step()
-        scheduler.step()
-        dictionary.normalize_decoder_()
-        if controller is not None:
-            dictionary.sparsity_coefficient = controller.update(float(out.l0))
-        rows_since_fired += x.shape[0]
-        rows_since_fired[out.fired] = 0
-        with torch.no_grad():
-            sse = float(residual.square().sum())
-            total = float((ys - ys.mean(0)).square().sum())
-        window = [*window[-(FINAL_WINDOW - 1) :], (sse, total, float(out.l0), float(dead.float().mean()))]
-        tokens += x.shape[0]
-        step += 1
-        batch = next(iterator, None)
+        metrics = [run.train_step(x, y) for run in runs]
+        if on_step is not None:
+            on_step(runs, metrics)
+        if checkpointing and checkpointing.every and runs[0].step % checkpointing.every == 0:
+            save_checkpoint(checkpointing.folder, runs, source)
     elapsed = time.perf_counter() - started
-    horizon = min(config.dead_after_tokens, tokens)
-    return TrainResult(
-        dictionary=dictionary,
-        fvu=sum(w[0] for w in window) / max(sum(w[1] for w in window), 1e-12),
-        l0=sum(w[2] for w in window) / len(window),
-        dead_fraction=float(dead_fraction((rows_since_fired < horizon).long())),
-        steps=step,
-        tokens=tokens,
-        tokens_per_second=tokens / elapsed if elapsed > 0 else float("inf"),
-    )
+    trained = runs[0].tokens - start_tokens
+    return [
+        TrainResult(
+            config=run.config,
+            dictionary=run.dictionary,
+            fvu=run.fvu,
+            l0=run.l0,
+            dead_fraction=run.dead_fraction,
+            steps=run.step,
+            tokens=run.tokens,
+            tokens_per_second=trained / elapsed if elapsed > 0 else float("inf"),
+        )
+        for run in runs
+    ]
+
+
+def train_dictionary(config: TrainConfig, batches: Iterable[Batch], **options: Any) -> TrainResult:
+    """Train one dictionary; see :func:`train_dictionaries` for ``options``."""
+    return train_dictionaries([config], batches, **options)[0]
