@@ -171,11 +171,19 @@ def _manifest(config: CaptureConfig, lm: LanguageModel, widths: dict[str, int]) 
     }
 
 
-def _row_mask(tokens: np.ndarray, config: CaptureConfig, special_ids: np.ndarray) -> np.ndarray:
-    """Which tokens of [batch, seq_len] are stored: not in the first ``skip_positions``, not special."""
+def special_token_ids(tokenizer: Any) -> np.ndarray:
+    """The tokenizer's special token ids (BOS, EOS, pad, ...), sorted int64 [n]."""
+    return np.asarray(sorted(getattr(tokenizer, "all_special_ids", []) or []), dtype=np.int64)
+
+
+def stored_positions(tokens: np.ndarray, skip_positions: int, special_ids: np.ndarray | None) -> np.ndarray:
+    """Which tokens of [batch, seq_len] a store keeps: not in the first ``skip_positions``, not special.
+
+    Pass ``special_ids=None`` to keep special tokens.
+    """
     keep = np.ones(tokens.shape, dtype=bool)
-    keep[:, : config.skip_positions] = False
-    if not config.keep_special:
+    keep[:, :skip_positions] = False
+    if special_ids is not None:
         keep &= ~np.isin(tokens, special_ids)
     return keep
 
@@ -187,10 +195,10 @@ def capture_shard(
     on_tokens: Callable[[int], None] | None = None,
 ) -> ShardRows:
     """Run one shard's sequences through the model in batches and keep the selected rows."""
-    special_ids = np.asarray(sorted(getattr(lm.tokenizer, "all_special_ids", []) or []), dtype=np.int64)
+    special_ids = None if config.keep_special else special_token_ids(lm.tokenizer)
     tokens = np.stack([s.tokens for s in sequences])
     docs = np.stack([s.docs for s in sequences])
-    keep = _row_mask(tokens, config, special_ids)
+    keep = stored_positions(tokens, config.skip_positions, special_ids)
     positions = np.broadcast_to(np.arange(config.seq_len), tokens.shape)
     parts: dict[str, list[torch.Tensor]] = {hook: [] for hook in config.hooks}
     for first in range(0, len(sequences), config.batch_size):
