@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -59,7 +60,9 @@ def find_checkpoint(folder: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(folder: Path, configs: list[TrainConfig], source: dict[str, Any]) -> list[TrainingRun]:
+def load_checkpoint(
+    folder: Path, configs: list[TrainConfig], source: dict[str, Any], device: str | torch.device = "cpu"
+) -> list[TrainingRun]:
     """The runs saved in ``folder``; refuses a checkpoint of other configs or another data source."""
     try:
         state = json.loads((folder / STATE).read_text())
@@ -85,7 +88,7 @@ def load_checkpoint(folder: Path, configs: list[TrainConfig], source: dict[str, 
             tensors = load_file(str(folder / f"run{index}.safetensors"))
         except (OSError, SafetensorError) as error:
             raise DictionaryError(f"checkpoint {folder} is damaged ({error}); pass --overwrite") from None
-        runs.append(TrainingRun.restore(config, tensors, run_state))
+        runs.append(TrainingRun.restore(config, tensors, run_state, device))
     return runs
 
 

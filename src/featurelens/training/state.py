@@ -143,9 +143,13 @@ class TrainingRun:
 
     @classmethod
     def restore(
-        cls, config: TrainConfig, tensors: dict[str, torch.Tensor], state: dict[str, Any]
+        cls,
+        config: TrainConfig,
+        tensors: dict[str, torch.Tensor],
+        state: dict[str, Any],
+        device: str | torch.device = "cpu",
     ) -> TrainingRun:
-        """The run as it was when :meth:`state_tensors` and :meth:`state_json` were taken."""
+        """The run as it was when :meth:`state_tensors` and :meth:`state_json` were taken, on ``device``."""
         dictionary = build_dictionary(state["dictionary"])
         model_state = {name[len("model.") :]: t for name, t in tensors.items() if name.startswith("model.")}
         try:
@@ -154,12 +158,15 @@ class TrainingRun:
             raise DictionaryError(f"checkpoint weights do not fit the config: {error}") from None
         if state["sparsity_coefficient"] is not None:
             dictionary.sparsity_coefficient = float(state["sparsity_coefficient"])
-        run = cls(config, dictionary)
+        run = cls(config, dictionary.to(device))
         if run.controller is not None:
             run.controller.coefficient = float(state["sparsity_coefficient"])
         for index, parameter in enumerate(dictionary.parameters()):
             prefix = f"adam.{index}."
             moments = {n[len(prefix) :]: t for n, t in tensors.items() if n.startswith(prefix)}
+            if "exp_avg" in moments:  # Adam keeps its step counter on the CPU, its moments on the device
+                moments["exp_avg"] = moments["exp_avg"].to(device)
+                moments["exp_avg_sq"] = moments["exp_avg_sq"].to(device)
             if moments:
                 run.optimizer.state[parameter] = moments
         run.rows_since_fired = tensors["rows_since_fired"].clone()

@@ -78,12 +78,14 @@ def train_dictionaries(
     *,
     checkpointing: Checkpointing | None = None,
     on_step: StepCallback | None = None,
+    device: str | torch.device = "cpu",
 ) -> list[TrainResult]:
     """Train one dictionary per config on the same batches (x, or (x, y) for transcoders), read once.
 
     Runs ``steps`` steps or until ``batches`` ends. With ``checkpointing.resume`` and a checkpoint in its
     folder, the weights, optimiser and counters are restored and the first ``step`` batches are skipped,
-    so the result equals an uninterrupted run given the same deterministic batches.
+    so the result equals an uninterrupted run given the same deterministic batches. Training runs on
+    ``device``; batches may live anywhere.
     """
     _check_together(configs)
     steps = configs[0].steps
@@ -91,7 +93,7 @@ def train_dictionaries(
     runs: list[TrainingRun] | None = None
     source = (checkpointing.source or {}) if checkpointing else {}
     if checkpointing and checkpointing.resume and (folder := find_checkpoint(checkpointing.folder)):
-        runs = load_checkpoint(folder, list(configs), source)
+        runs = load_checkpoint(folder, list(configs), source, device)
         done = runs[0].step
         if sum(1 for _ in islice(iterator, done)) < done:
             raise DictionaryError(f"the activations ran out before the checkpoint's step {done}")
@@ -100,15 +102,15 @@ def train_dictionaries(
         pending = next(iterator, None)
         if pending is None:
             raise DictionaryError("no training batches: the activation source is empty")
-        x, y = split_batch(pending)
-        runs = [TrainingRun(config, initial_dictionary(config, x, y)) for config in configs]
+        x, y = (t.to(device) for t in split_batch(pending))
+        runs = [TrainingRun(config, initial_dictionary(config, x, y).to(device)) for config in configs]
     started, start_tokens = time.perf_counter(), runs[0].tokens
     while runs[0].step < steps:
         batch = pending if pending is not None else next(iterator, None)
         pending = None
         if batch is None:
             break
-        x, y = split_batch(batch)
+        x, y = (t.to(device, non_blocking=True) for t in split_batch(batch))
         metrics = [run.train_step(x, y) for run in runs]
         if on_step is not None:
             on_step(runs, metrics)
