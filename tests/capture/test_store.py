@@ -124,6 +124,7 @@ def test_aligned_batches_pair_hooks_row_by_row_within_a_row_range(
     batches = list(store.iter_aligned_batches(HOOKS, 64, seed=5, buffer_shards=2, rows=(start, stop)))
     xs, ys = (torch.cat(parts).numpy() for parts in zip(*batches, strict=True))
     assert len(xs) == stop - start
+    assert all(len(x) == 64 for x, _ in batches[:-1])  # rows carry over between buffers: full batches
     # the same permutation for both hooks: each x row sits next to the y row of the same token
     pairs = np.concatenate([xs, ys], axis=1)
     expected = np.concatenate([first[start:stop], second[start:stop]], axis=1)

@@ -195,7 +195,7 @@ class ActivationStore:
     def iter_batches(
         self, hook: str, batch_size: int, *, shuffle: bool = True, seed: int = 0, buffer_shards: int = 4
     ) -> Iterator[torch.Tensor]:
-        """Float32 batches [batch_size, width] (the last may be smaller), memory bounded by ``buffer_shards``.
+        """Float32 batches [batch_size, width] (only the last smaller), memory bounded by ``buffer_shards``.
 
         With ``shuffle`` the shard order is permuted and rows are permuted within each buffer of
         ``buffer_shards`` shards: a shuffle buffer, so the store is never loaded into RAM.
@@ -231,14 +231,23 @@ class ActivationStore:
         pieces = _pieces([len(shard) for shard in shards[0]], start, stop)
         order = rng.permutation(len(pieces)) if shuffle else np.arange(len(pieces))
         dtype = self.manifest["dtype"]
+        carry: list[np.ndarray] = []  # rows short of a full batch, carried into the next buffer
         for first_piece in range(0, len(order), buffer_shards):
             chosen = [pieces[i] for i in order[first_piece : first_piece + buffer_shards]]
             buffers = [np.concatenate([hook_shards[i][a:b] for i, a, b in chosen]) for hook_shards in shards]
-            picks = rng.permutation(len(buffers[0])) if shuffle else np.arange(len(buffers[0]))
-            for first in range(0, len(picks), batch_size):
-                picked = picks[first : first + batch_size]
-                picked = picked if shuffle else np.sort(picked)
-                yield tuple(from_storage(buffer[picked], dtype).float() for buffer in buffers)
+            if shuffle:
+                permutation = rng.permutation(len(buffers[0]))
+                buffers = [buffer[permutation] for buffer in buffers]
+            if carry:
+                buffers = [
+                    np.concatenate([rest, buffer]) for rest, buffer in zip(carry, buffers, strict=True)
+                ]
+            full = len(buffers[0]) - len(buffers[0]) % batch_size
+            for first in range(0, full, batch_size):
+                yield tuple(from_storage(b[first : first + batch_size], dtype).float() for b in buffers)
+            carry = [buffer[full:] for buffer in buffers]
+        if carry and len(carry[0]):
+            yield tuple(from_storage(rest, dtype).float() for rest in carry)
 
 
 def _pieces(lengths: list[int], start: int, stop: int) -> list[tuple[int, int, int]]:
