@@ -8,10 +8,17 @@ import os
 import sys
 from collections.abc import Sequence
 
-from featurelens.cli import capture, hooks, info, run
+from featurelens.cli import capture, evaluate, hooks, info, run, train
 from featurelens.errors import FeatureLensError
 
-VERBS = {"run": run, "capture": capture, "hooks": hooks, "info": info}
+VERBS = {
+    "run": run,
+    "capture": capture,
+    "train": train,
+    "evaluate": evaluate,
+    "hooks": hooks,
+    "info": info,
+}
 
 DESCRIPTION = """\
 featurelens looks inside neural networks.
@@ -19,6 +26,8 @@ featurelens looks inside neural networks.
 The loop, one verb per stage:
   run       the whole job on the bundled defaults (SmolLM2-135M on Python's own docs)
   capture   record hidden activations of any HF model into an on-disk store
+  train     train sparse dictionaries (TopK/BatchTopK/JumpReLU/ReLU SAEs, transcoders) on a store
+  evaluate  measure a dictionary: FVU, L0, dead latents, the model's loss with it spliced in
   hooks     list a model's hook points with their shapes
   info      summarise an activation store
 """
@@ -62,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(
-            f"featurelens {args.verb}: interrupted; finished shards are kept, rerun with --resume",
+            f"featurelens {args.verb}: interrupted; finished work is kept, rerun with --resume",
             file=sys.stderr,
         )
         return 130

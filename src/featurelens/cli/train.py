@@ -1,0 +1,191 @@
+"""Train sparse dictionaries (SAEs, transcoders) on an activation store.
+
+The last --holdout rows of the store are never trained on; they measure the result. Comma-separated
+values of --k, --expansion, --lr or --target-l0 train every combination in one pass over the data,
+each into its own subfolder of --out. A checkpoint is written every --checkpoint-every steps; after a
+kill, the same command with --resume continues exactly where it stopped.
+
+examples:
+  featurelens train --acts runs/demo/acts --hook layers.15.resid_post --arch topk --k 32 --expansion 16 \\
+      --out runs/demo/sae
+  featurelens train --acts runs/demo/acts --k 16,32,64 --out runs/demo/sweep        # three SAEs, one pass
+  featurelens train --acts runs/mlp/acts --hook layers.3.mlp_in --hook-out layers.3.mlp_out --skip \\
+      --out runs/mlp/transcoder                                                      # a skip transcoder
+  featurelens train --acts runs/demo/acts --arch jumprelu --target-l0 40 --out runs/demo/jumprelu
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from featurelens.capture import ActivationStore
+from featurelens.dictionaries.base import DictionaryError
+from featurelens.dictionaries.registry import ARCHITECTURES
+from featurelens.training.config import TrainConfig
+from featurelens.training.from_store import SavedDictionary, StoreTraining, train_on_store
+from featurelens.training.state import StepMetrics, TrainingRun
+
+HELP = "train SAEs or transcoders on captured activations"
+
+
+def number_list(kind: Callable[[str], float | int]) -> Callable[[str], list]:
+    """An argparse type reading ``"16,32"`` as ``[16, 32]``."""
+
+    def parse(text: str) -> list:
+        try:
+            return [kind(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--acts", default="runs/demo/acts", help="activation store to train on")
+    parser.add_argument("--hook", help="hook point to read (default: the store's only hook)")
+    parser.add_argument("--hook-out", help="hook point to predict: makes a transcoder (same store)")
+    parser.add_argument("--out", default="runs/demo/sae", help="folder to write the dictionary into")
+    add_dictionary_arguments(parser)
+    parser.add_argument("--epochs", type=int, default=1, help="passes over the training rows")
+    parser.add_argument("--steps", type=int, help="train exactly this many steps instead of --epochs")
+    parser.add_argument("--holdout", type=int, help="rows held out at the store's end (default 10%%, ≤20k)")
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=200, help="steps between checkpoints (0: none)"
+    )
+    parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted training run")
+    parser.add_argument("--overwrite", action="store_true", help="replace trained dictionaries in --out")
+
+
+def add_dictionary_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig | None = None) -> None:
+    """The options that shape the dictionary and its optimisation (shared with `featurelens run`)."""
+    defaults = defaults or TrainConfig()
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default=defaults.arch, help="architecture")
+    parser.add_argument(
+        "--k", type=number_list(int), default=[defaults.k], help="active latents per token (TopK family)"
+    )
+    parser.add_argument(
+        "--expansion", type=number_list(int), default=[defaults.expansion], help="latents per input dimension"
+    )
+    parser.add_argument(
+        "--lr", type=number_list(float), default=[defaults.lr], help="peak Adam learning rate"
+    )
+    parser.add_argument(
+        "--target-l0",
+        type=number_list(float),
+        default=[None],
+        help="relu/jumprelu: steer the penalty until this many latents fire per token",
+    )
+    parser.add_argument(
+        "--sparsity-coefficient",
+        type=float,
+        default=defaults.sparsity_coefficient,
+        help="relu/jumprelu: penalty weight (the starting point when --target-l0 is set)",
+    )
+    parser.add_argument("--skip", action="store_true", help="add a linear skip connection (transcoders)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="tokens per step")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="initialisation and shuffling seed")
+
+
+def configs_from_args(args: argparse.Namespace, hook_in: str, hook_out: str | None) -> list[TrainConfig]:
+    """One config per combination of the list-valued options."""
+    k_values = args.k if args.arch in ("topk", "batchtopk", "matryoshka") else args.k[:1]
+    combos = itertools.product(k_values, args.expansion, args.lr, args.target_l0)
+    return [
+        TrainConfig(
+            arch=args.arch,
+            k=k,
+            expansion=expansion,
+            lr=lr,
+            target_l0=target_l0,
+            sparsity_coefficient=args.sparsity_coefficient,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            hook_in=hook_in,
+            hook_out=hook_out,
+            skip=args.skip,
+        )
+        for k, expansion, lr, target_l0 in combos
+    ]
+
+
+def default_hook(acts: str, hook: str | None) -> str:
+    """``hook``, or the store's only hook; a store with several needs --hook."""
+    if hook:
+        return hook
+    hooks = ActivationStore.open(acts).hooks
+    if len(hooks) > 1:
+        raise DictionaryError(f"the store holds several hooks, choose one with --hook: {', '.join(hooks)}")
+    return hooks[0]
+
+
+def train_with_progress(
+    job: StoreTraining, configs: list[TrainConfig], console: Console
+) -> list[SavedDictionary]:
+    """:func:`train_on_store` under a progress bar showing the first run's loss, FVU, L0 and dead fraction."""
+    columns = (
+        TextColumn("[bold]training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[metrics]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("training", total=None, metrics="")
+
+        def on_step(runs: list[TrainingRun], metrics: list[StepMetrics]) -> None:
+            first, step = metrics[0], runs[0]
+            progress.update(
+                task,
+                completed=step.step,
+                total=step.config.steps,
+                metrics=f"loss {first.loss:.4f}  FVU {first.fvu:.3f}  L0 {first.l0:.1f}  "
+                f"dead {first.dead_fraction:.1%}" + (f"  (+{len(runs) - 1} more)" if len(runs) > 1 else ""),
+            )
+
+        return train_on_store(job, configs, on_step)
+
+
+def print_results(saved: list[SavedDictionary], console: Console) -> None:
+    table = Table(title="trained dictionaries (held-out metrics on rows never trained on)")
+    for column in ("folder", "latents", "train FVU", "held-out FVU", "L0", "dead", "dense", "tok/s"):
+        table.add_column(column, justify="left" if column == "folder" else "right")
+    for item in saved:
+        held, result = item.heldout, item.result
+        table.add_row(
+            str(item.path),
+            f"{result.dictionary.d_latent:,}",
+            f"{result.fvu:.3f}",
+            f"{held.fvu:.3f}" if held else "-",
+            f"{held.l0 if held else result.l0:.1f}",
+            f"{held.dead_fraction if held else result.dead_fraction:.1%}",
+            f"{held.dense_fraction:.1%}" if held else "-",
+            f"{result.tokens_per_second:,.0f}",
+        )
+    console.print(table)
+
+
+def main(args: argparse.Namespace) -> int:
+    console = Console()
+    hook_in = default_hook(args.acts, args.hook)
+    job = StoreTraining(
+        acts=args.acts,
+        out=args.out,
+        epochs=args.epochs,
+        steps=args.steps,
+        holdout_tokens=args.holdout,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        device=args.device,
+    )
+    saved = train_with_progress(job, configs_from_args(args, hook_in, args.hook_out), console)
+    print_results(saved, console)
+    console.print(f"evaluate in the model with: featurelens evaluate {saved[0].path}")
+    return 0

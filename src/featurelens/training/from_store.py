@@ -1,0 +1,227 @@
+"""Train dictionaries on an activation store: hold out its tail, checkpoint, save each with its provenance.
+
+An output folder holds one dictionary (``weights.safetensors``, ``config.json``) plus ``training.json``
+(what it was trained on, training and held-out metrics), or, for several configurations trained in one
+pass, one such subfolder per configuration. ``training.json`` is written last: its presence means done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from featurelens.capture import ActivationStore
+from featurelens.capture.store import write_json_atomic
+from featurelens.dictionaries.base import DictionaryError
+from featurelens.dictionaries.topk import check_k
+from featurelens.evaluate.reconstruction import ReconstructionMetrics, reconstruction_metrics
+from featurelens.models.loading import resolve_device
+from featurelens.training.checkpoint import checkpoint_dir, find_checkpoint
+from featurelens.training.config import K_ARCHITECTURES, TrainConfig
+from featurelens.training.trainer import Batch, Checkpointing, StepCallback, TrainResult, train_dictionaries
+
+TRAINING = "training.json"
+FORMAT = "featurelens.training"
+HOLDOUT_FRACTION = 0.1
+HOLDOUT_MAX = 20_000
+
+
+@dataclass(frozen=True)
+class StoreTraining:
+    """Where to read, where to write and how long to train.
+
+    ``steps`` (default: ``epochs`` passes over the training rows) overrides the configs' own.
+    ``holdout_tokens`` rows at the end of the store are never trained on and measure the result
+    (default: 10% of the rows, at most 20,000).
+    """
+
+    acts: str
+    out: str
+    epochs: int = 1
+    steps: int | None = None
+    holdout_tokens: int | None = None
+    checkpoint_every: int = 200
+    resume: bool = False
+    overwrite: bool = False
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise DictionaryError(f"--epochs must be a positive integer, got {self.epochs}")
+        if self.steps is not None and self.steps < 1:
+            raise DictionaryError(f"--steps must be a positive integer, got {self.steps}")
+        if self.holdout_tokens is not None and self.holdout_tokens < 0:
+            raise DictionaryError(f"--holdout must be >= 0 tokens, got {self.holdout_tokens}")
+        if self.checkpoint_every < 0:
+            raise DictionaryError(f"--checkpoint-every must be >= 0 steps, got {self.checkpoint_every}")
+
+
+@dataclass(frozen=True)
+class SavedDictionary:
+    """A trained dictionary written to ``path``, with its training and held-out metrics."""
+
+    path: Path
+    result: TrainResult
+    heldout: ReconstructionMetrics | None
+
+
+def run_name(config: TrainConfig, configs: Sequence[TrainConfig]) -> str:
+    """Subfolder name from the fields that differ between ``configs``: e.g. ``topk-k32-x16``."""
+    varying = {
+        f.name for f in dataclasses.fields(TrainConfig) if len({getattr(c, f.name) for c in configs}) > 1
+    }
+    parts = [config.arch] if "arch" in varying else []
+    short = {
+        "k": "k",
+        "expansion": "x",
+        "lr": "lr",
+        "target_l0": "l0",
+        "sparsity_coefficient": "c",
+        "seed": "s",
+    }
+    parts += [f"{label}{getattr(config, field)}" for field, label in short.items() if field in varying]
+    return "-".join(parts) or config.arch
+
+
+def output_folders(out: Path, configs: Sequence[TrainConfig]) -> list[Path]:
+    """The folder of each config's dictionary: ``out`` itself for one, subfolders for several."""
+    if len(configs) == 1:
+        return [out]
+    names = [run_name(config, configs) for config in configs]
+    if len(set(names)) < len(names):
+        raise DictionaryError(f"two configurations are identical: {sorted(names)}")
+    return [out / name for name in names]
+
+
+def is_finished(folder: Path) -> bool:
+    """True when ``folder`` holds a dictionary whose training completed."""
+    return (folder / TRAINING).is_file()
+
+
+def prepare_output(out: Path, folders: list[Path], *, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber another folder, a finished training or an unfinished one not being resumed."""
+    if not out.exists() or not any(out.iterdir()):
+        return
+    ours = find_checkpoint(checkpoint_dir(out)) is not None or any(
+        is_finished(p) for p in [out, *out.iterdir()] if p.is_dir()
+    )
+    if not ours:
+        raise DictionaryError(f"{out} exists and is not a featurelens training folder; choose another --out")
+    if overwrite:
+        shutil.rmtree(out)
+        return
+    if all(is_finished(folder) for folder in folders):
+        raise DictionaryError(f"{out} already holds trained dictionaries; pass --overwrite to train again")
+    if not resume:
+        raise DictionaryError(f"{out} holds an unfinished training run; pass --resume or --overwrite")
+
+
+def heldout_rows(store: ActivationStore, holdout_tokens: int | None) -> tuple[int, int]:
+    """(first held-out row, number of rows): training uses rows before it."""
+    n = store.n_tokens
+    held = holdout_tokens if holdout_tokens is not None else min(int(n * HOLDOUT_FRACTION), HOLDOUT_MAX)
+    if held >= n:
+        raise DictionaryError(f"--holdout {held} leaves nothing to train on: the store has {n} rows")
+    return n - held, n
+
+
+def epoch_batches(
+    store: ActivationStore, hooks: list[str], batch_size: int, stop: int, epochs: int, seed: int
+) -> Iterator[Batch]:
+    """``epochs`` shuffled passes over rows [0, stop): x batches, or (x, y) when two hooks are given."""
+    for epoch in range(epochs):
+        for batch in store.iter_aligned_batches(
+            hooks, batch_size, seed=seed * 10_007 + epoch, rows=(0, stop)
+        ):
+            yield batch[0] if len(batch) == 1 else (batch[0], batch[1])
+
+
+def train_on_store(
+    job: StoreTraining, configs: Sequence[TrainConfig], on_step: StepCallback | None = None
+) -> list[SavedDictionary]:
+    """Train ``configs`` (sharing batch size and hooks) on ``job.acts``; write each into its folder."""
+    store = ActivationStore.open(job.acts)
+    first = configs[0]
+    hooks = list(dict.fromkeys([first.hook_in, first.hook_out or first.hook_in]))
+    for hook in hooks:
+        store.activations(hook)  # an unknown hook fails here with the store's hook list
+    width = store.manifest["hooks"][first.hook_in]["width"]
+    for config in configs:
+        if config.arch in K_ARCHITECTURES:
+            check_k(config.k, config.expansion * width)
+    stop, n_rows = heldout_rows(store, job.holdout_tokens)
+    per_epoch = math.ceil(stop / first.batch_size)
+    steps = job.steps or job.epochs * per_epoch
+    configs = [dataclasses.replace(config, steps=steps) for config in configs]
+    out = Path(job.out)
+    folders = output_folders(out, configs)
+    prepare_output(out, folders, resume=job.resume, overwrite=job.overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    source = {"acts": str(Path(job.acts).resolve()), "rows": [0, stop], "hooks": hooks}
+    checkpointing = Checkpointing(checkpoint_dir(out), job.checkpoint_every, job.resume, source)
+    epochs = max(job.epochs, math.ceil(steps / per_epoch))
+    batches = epoch_batches(store, hooks, first.batch_size, stop, epochs, first.seed)
+    device = resolve_device(job.device)
+    results = train_dictionaries(
+        configs, batches, checkpointing=checkpointing, on_step=on_step, device=device
+    )
+    saved = []
+    for folder, result in zip(folders, results, strict=True):
+        heldout = None
+        if stop < n_rows:
+            held = (b for b in store.iter_aligned_batches(hooks, 4096, shuffle=False, rows=(stop, n_rows)))
+            pairs = (batch[0] if len(batch) == 1 else (batch[0], batch[1]) for batch in held)
+            heldout = reconstruction_metrics(result.dictionary.eval(), pairs)
+        result.dictionary.save(folder)
+        write_json_atomic(folder / TRAINING, _provenance(store, result, heldout, source, n_rows))
+        saved.append(SavedDictionary(folder, result, heldout))
+    shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
+    return saved
+
+
+def _provenance(
+    store: ActivationStore,
+    result: TrainResult,
+    heldout: ReconstructionMetrics | None,
+    source: dict[str, Any],
+    n_rows: int,
+) -> dict[str, Any]:
+    from featurelens import __version__
+
+    capture = store.manifest["config"]
+    return {
+        "format": FORMAT,
+        "featurelens_version": __version__,
+        "train_config": result.config.to_dict(),
+        "acts": source["acts"],
+        "model": store.manifest["model"]["spec"],
+        "corpus": store.manifest["corpus"],
+        "seq_len": store.manifest["seq_len"],
+        "captured_tokens": capture["n_tokens"],
+        "skip_positions": capture["skip_positions"],
+        "keep_special": capture["keep_special"],
+        "rows": {"train": source["rows"], "heldout": [source["rows"][1], n_rows]},
+        "steps": result.steps,
+        "tokens": result.tokens,
+        "tokens_per_second": result.tokens_per_second,
+        "train_metrics": {"fvu": result.fvu, "l0": result.l0, "dead_fraction": result.dead_fraction},
+        "heldout_metrics": heldout.to_dict() if heldout else None,
+    }
+
+
+def read_training(folder: Path) -> dict[str, Any] | None:
+    """The ``training.json`` of a dictionary folder, or None for a dictionary trained elsewhere."""
+    path = folder / TRAINING
+    if not path.is_file():
+        return None
+    try:
+        payload: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise DictionaryError(f"{path} is unreadable ({error})") from None
+    return payload
