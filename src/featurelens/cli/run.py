@@ -1,12 +1,16 @@
-"""The main job on the bundled defaults: capture activations of SmolLM2-135M-Instruct on Python's docs.
+"""The main job on the bundled defaults: capture, train a sparse dictionary, evaluate it.
 
-Today this captures layers.15.resid_post for --tokens tokens into --out and prints a summary;
-later stages (dictionary training, the atlas, explanations, the web app) join the same command.
-A rerun continues an interrupted capture and reuses a finished one.
+1. capture layers.15.resid_post of SmolLM2-135M-Instruct on Python's own docs (--tokens) into OUT/acts;
+2. train a TopK SAE (k=32, 16x expansion, 2 epochs, the last 10% of rows held out) into OUT/sae;
+3. evaluate it in the model on text it never saw (--eval-tokens): FVU, L0, dead latents, CE loss recovered.
+On this project's 2-core CPU the defaults take about five minutes. A rerun reuses finished stages and
+continues interrupted ones; --overwrite redoes everything. Later stages (the atlas, explanations, the web
+app) join the same command.
 
 examples:
   featurelens run
   featurelens run --tokens 50000 --out runs/quick
+  featurelens run --arch batchtopk --k 64 --expansion 8
 """
 
 from __future__ import annotations
@@ -17,12 +21,23 @@ from pathlib import Path
 from rich.console import Console
 
 from featurelens.capture import ActivationStore
-from featurelens.capture.run import CaptureConfig
+from featurelens.capture.run import CaptureConfig, json_roundtrip
 from featurelens.cli.capture import capture_with_progress, print_result
+from featurelens.cli.evaluate import add_evaluation_arguments, evaluate_folder, print_evaluation
 from featurelens.cli.info import print_summary
+from featurelens.cli.train import (
+    add_dictionary_arguments,
+    configs_from_args,
+    print_results,
+    train_with_progress,
+)
 from featurelens.corpus import CorpusConfig
+from featurelens.dictionaries.base import DictionaryError
+from featurelens.training.config import TrainConfig
+from featurelens.training.from_store import StoreTraining, is_finished, read_training
 
 HELP = "run the whole loop on the bundled model and corpus"
+EPOCHS = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,15 +48,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hook", default=defaults.hooks[0], help="hook point to study")
     parser.add_argument("--tokens", type=int, default=defaults.n_tokens, help="tokens to capture")
     parser.add_argument("--corpus", default="bundled", help="bundled, a local file/folder, or hf:<dataset>")
-    parser.add_argument("--out", default="runs/demo", help="run folder; activations go to OUT/acts")
+    parser.add_argument("--out", default="runs/demo", help="run folder: OUT/acts, OUT/sae")
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
-    parser.add_argument("--overwrite", action="store_true", help="redo the capture from scratch")
+    parser.add_argument("--overwrite", action="store_true", help="redo every stage from scratch")
+    add_dictionary_arguments(parser)
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help="training passes over the activations")
+    parser.add_argument("--eval-tokens", type=int, default=4096, help="held-out tokens to evaluate on")
+    add_evaluation_arguments(parser)
+
+
+def trained_with(folder: Path, config: TrainConfig) -> bool:
+    """True when ``folder`` holds a finished dictionary trained with ``config`` (its step count aside)."""
+    training = read_training(folder) if is_finished(folder) else None
+    if training is None:
+        return False
+    wanted = {**config.to_dict(), "steps": None}
+    return bool({**training["train_config"], "steps": None} == json_roundtrip(wanted))
 
 
 def main(args: argparse.Namespace) -> int:
     console = Console()
+    out = Path(args.out)
     config = CaptureConfig(
-        out=str(Path(args.out) / "acts"),
+        out=str(out / "acts"),
         model=args.model,
         hooks=(args.hook,),
         n_tokens=args.tokens,
@@ -57,4 +86,34 @@ def main(args: argparse.Namespace) -> int:
     else:
         console.print(f"reusing the finished capture in {config.out}")
         print_summary(ActivationStore.open(config.out).manifest, console, Path(config.out))
+
+    console.rule("[bold]2. train")
+    configs = configs_from_args(args, args.hook, None)
+    if len(configs) > 1:
+        raise DictionaryError("featurelens run trains one dictionary; sweep several with featurelens train")
+    sae = out / "sae"
+    if not args.overwrite and trained_with(sae, configs[0]):
+        console.print(f"reusing the trained dictionary in {sae}")
+    else:
+        retrain = args.overwrite or is_finished(sae)  # a finished one with other settings is replaced
+        job = StoreTraining(
+            acts=config.out,
+            out=str(sae),
+            epochs=args.epochs,
+            resume=not retrain,
+            overwrite=retrain,
+            device=args.device,
+        )
+        print_results(train_with_progress(job, configs, console), console)
+
+    console.rule("[bold]3. evaluate")
+    evaluation = evaluate_folder(
+        sae,
+        console,
+        tokens=args.eval_tokens,
+        batch_size=args.eval_batch_size,
+        with_loss=not args.no_loss,
+        device=args.device,
+    )
+    print_evaluation(evaluation, console)
     return 0

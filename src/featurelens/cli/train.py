@@ -155,7 +155,7 @@ def train_with_progress(
 def print_results(saved: list[SavedDictionary], console: Console) -> None:
     table = Table(title="trained dictionaries (held-out metrics on rows never trained on)")
     for column in ("folder", "latents", "train FVU", "held-out FVU", "L0", "dead", "dense", "tok/s"):
-        table.add_column(column, justify="left" if column == "folder" else "right")
+        table.add_column(column, justify="left" if column == "folder" else "right", overflow="fold")
     for item in saved:
         held, result = item.heldout, item.result
         table.add_row(
