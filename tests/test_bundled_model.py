@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -81,11 +82,19 @@ def run_featurelens(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
 
-def test_featurelens_run_captures_and_summarises(tmp_path: Path) -> None:
-    result = run_featurelens("run", "--tokens", "2048", "--out", str(tmp_path / "demo"))
+def test_featurelens_run_captures_trains_and_evaluates(tmp_path: Path) -> None:
+    args = ["run", "--tokens", "4096", "--expansion", "4", "--batch-size", "512", "--eval-tokens", "512"]
+    result = run_featurelens(*args, "--out", str(tmp_path / "demo"))
     assert result.returncode == 0, result.stderr
-    assert "captured 2,048 tokens" in result.stdout and "layers.15.resid_post" in result.stdout
+    assert "captured 4,096 tokens" in result.stdout and "layers.15.resid_post" in result.stdout
     store = fl.ActivationStore.open(tmp_path / "demo" / "acts")
     assert store.activations("layers.15.resid_post").shape[1] == 576
-    rerun = run_featurelens("run", "--tokens", "2048", "--out", str(tmp_path / "demo"))
-    assert rerun.returncode == 0 and "reusing the finished capture" in rerun.stdout
+    sae = fl.Dictionary.load(tmp_path / "demo" / "sae")
+    assert (sae.d_in, sae.d_latent, sae.hook_in) == (576, 2304, "layers.15.resid_post")
+    evaluation = json.loads((tmp_path / "demo" / "sae" / "evaluation.json").read_text())
+    assert evaluation["held_out"] and evaluation["l0"] <= 32
+    assert evaluation["fvu"] < 1.0 and 0.0 < evaluation["ce_loss_recovered"] < 1.0  # a real model, brief SAE
+    assert "CE loss recovered" in result.stdout
+    rerun = run_featurelens(*args, "--out", str(tmp_path / "demo"))
+    assert rerun.returncode == 0, rerun.stderr
+    assert "reusing the finished capture" in rerun.stdout and "reusing the trained dictionary" in rerun.stdout
