@@ -137,7 +137,9 @@ def test_kill_minus_nine_then_resume_equals_an_uninterrupted_run(store: Path, tm
 
 def test_bad_input_is_one_clear_line(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "sae"
-    assert_one_line_error(train(store, out, "--k", "128", "--expansion", "4"), "k must be between 1 and d_latent - 1 = 127")
+    assert_one_line_error(
+        train(store, out, "--k", "128", "--expansion", "4"), "k must be between 1 and d_latent - 1 = 127"
+    )
     assert_one_line_error(train(store, out, "--k", "0"), "k must be between")
     assert_one_line_error(
         featurelens("train", "--acts", str(store), "--out", str(out)), "several hooks", "--hook"
