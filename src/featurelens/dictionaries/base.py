@@ -34,15 +34,13 @@ class TrainingOutput:
 
     ``y_hat`` [n, d_out]; ``fired`` [d_latent] bool, latents active on at least one row; ``l0`` mean
     active latents per row; ``extra_loss`` the architecture's own loss terms beyond the main
-    reconstruction (a sparsity penalty, nested-prefix reconstructions; 0 for TopK); ``pre``
-    [n, d_latent] pre-activations (for the dead-latent auxiliary loss).
+    reconstruction (a sparsity penalty, nested-prefix reconstructions; 0 for TopK).
     """
 
     y_hat: torch.Tensor
     fired: torch.Tensor
     l0: torch.Tensor
     extra_loss: torch.Tensor
-    pre: torch.Tensor
 
 
 class Dictionary(nn.Module):
@@ -50,6 +48,7 @@ class Dictionary(nn.Module):
 
     arch: ClassVar[str] = ""
     sparsity_coefficient: float | None = None  # the penalty weight of relu/jumprelu; None = sparse by k
+    encoder_dtype: torch.dtype = torch.float32  # precision of the training-time latent selection (TopK)
     input_scale: torch.Tensor
     output_scale: torch.Tensor
 
@@ -111,10 +110,15 @@ class Dictionary(nn.Module):
 
     # -- the interface ----------------------------------------------------------------------------
 
-    def pre_activation(self, x_scaled: torch.Tensor) -> torch.Tensor:
-        """Encoder pre-activations [n, d_latent] from scaled inputs [n, d_in]."""
-        centred = x_scaled if self.is_transcoder else x_scaled - self.b_dec
-        return centred @ self.W_enc + self.b_enc
+    def centred(self, x_scaled: torch.Tensor) -> torch.Tensor:
+        """What the encoder multiplies: scaled inputs [n, d_in], less the decoder bias for an SAE."""
+        return x_scaled if self.is_transcoder else x_scaled - self.b_dec
+
+    def pre_activation(self, x_scaled: torch.Tensor, latents: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoder pre-activations [n, d_latent] from scaled inputs [n, d_in] (only ``latents`` if given)."""
+        if latents is None:
+            return self.centred(x_scaled) @ self.W_enc + self.b_enc
+        return self.centred(x_scaled) @ self.W_enc[:, latents] + self.b_enc[latents]
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         """Inference non-linearity: pre-activations [n, d_latent] -> codes [n, d_latent]."""
@@ -192,17 +196,27 @@ class Dictionary(nn.Module):
 
     # -- files ------------------------------------------------------------------------------------
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``weights.safetensors`` + ``config.json`` into folder ``path`` (scales folded in)."""
-        from featurelens.dictionaries.formats.safetensors import save_dictionary
+    def save(self, path: str | Path, format: str = "featurelens") -> Path:
+        """Write this dictionary under folder ``path`` (scales folded in); returns the folder written.
+
+        ``format``: ``"featurelens"`` (``weights.safetensors`` + ``config.json`` in ``path``), ``"saelens"``
+        (``cfg.json`` + ``sae_weights.safetensors`` in ``path``, loadable by SAELens' ``SAE.load_from_disk``)
+        or ``"sparsify"`` (TopK only: ``path/<module>/cfg.json`` + ``sae.safetensors``, e.g. ``layers.6``).
+        Architectures a format cannot express raise `DictionaryError`.
+        """
+        from featurelens.dictionaries.formats import save_dictionary_folder
 
         folded = copy.deepcopy(self).cpu()
         folded.fold_scale_()
-        return save_dictionary(folded, Path(path))
+        return save_dictionary_folder(folded, Path(path), format)
 
     @staticmethod
     def load(path: str | Path) -> Dictionary:
-        """Load a dictionary folder written by :meth:`save`; only safetensors and JSON are read."""
-        from featurelens.dictionaries.formats.safetensors import load_dictionary
+        """Load a featurelens, SAELens or sparsify dictionary folder (or a file in one).
 
-        return load_dictionary(Path(path))
+        The format is detected from the files the folder holds; only safetensors and JSON are read, and
+        pickle-based files (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) raise `DictionaryError`.
+        """
+        from featurelens.dictionaries.formats import load_dictionary_folder
+
+        return load_dictionary_folder(Path(path))

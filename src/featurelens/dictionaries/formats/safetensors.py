@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,13 @@ def save_dictionary(dictionary: Dictionary, path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().contiguous().cpu() for name, t in dictionary.state_dict().items()}
     config = {"format": FORMAT, "version": FORMAT_VERSION, **dictionary.config()}
-    _write_atomic(path / WEIGHTS, lambda tmp: save_file(tensors, str(tmp)))
-    _write_atomic(path / CONFIG, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"))
+    write_atomic(path / WEIGHTS, lambda tmp: save_file(tensors, str(tmp)))
+    write_atomic(path / CONFIG, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"))
     return path
 
 
-def _write_atomic(target: Path, write: Any) -> None:
+def write_atomic(target: Path, write: Callable[[Path], object]) -> None:
+    """Run ``write(tmp)`` on a temporary name beside ``target``, then rename it into place."""
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
@@ -55,10 +57,7 @@ def load_dictionary(path: Path) -> Dictionary:
     weights = path / WEIGHTS
     if not weights.is_file():
         raise DictionaryError(f"{path} has no {WEIGHTS}; featurelens loads weights only from safetensors")
-    try:
-        tensors = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise DictionaryError(f"{weights} is not a readable safetensors file ({error})") from None
+    tensors = read_tensors(weights)
     expected = dictionary.state_dict()
     if set(tensors) != set(expected) or any(tensors[n].shape != t.shape for n, t in expected.items()):
         got = {n: list(t.shape) for n, t in tensors.items()}
@@ -67,17 +66,55 @@ def load_dictionary(path: Path) -> Dictionary:
     return dictionary
 
 
-def _read_config(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise DictionaryError(f"{path.parent} has no {CONFIG}; is it a featurelens dictionary folder?")
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the safetensors file ``path``; anything unreadable is a `DictionaryError`."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DictionaryError(f"{path} is not a readable safetensors file ({reason})") from None
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in file ``path``; anything else is a `DictionaryError`."""
     try:
         config = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DictionaryError(f"{path} is not readable JSON ({error})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
+    if not isinstance(config, dict):
+        raise DictionaryError(f"{path} holds JSON {type(config).__name__}, expected an object")
+    return config
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DictionaryError(f"{path.parent} has no {CONFIG}; is it a featurelens dictionary folder?")
+    config = read_json_object(path)
+    if config.get("format") != FORMAT:
         raise DictionaryError(f"{path} is not a {FORMAT} config (format={config.get('format')!r})")
     if config.get("version") != FORMAT_VERSION:
         raise DictionaryError(
             f"{path} has format version {config.get('version')!r}; this reads {FORMAT_VERSION}"
         )
     return config
+
+
+def check_tensors(
+    tensors: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple[int, ...]], path: Path, what: str
+) -> None:
+    """Refuse missing, unexpected or wrongly shaped tensors; ``shapes`` maps each expected name to its shape.
+
+    ``what`` names the dictionary the shapes come from, e.g. ``"a SAELens topk SAE with d_in=8, d_sae=16"``.
+    """
+    missing = sorted(set(shapes) - set(tensors))
+    if missing:
+        raise DictionaryError(f"{path} lacks tensors {missing}; {what} holds {sorted(shapes)}")
+    extra = sorted(set(tensors) - set(shapes))
+    if extra:
+        raise DictionaryError(f"{path} has unexpected tensors {extra}; {what} holds {sorted(shapes)}")
+    for name, shape in shapes.items():
+        if tuple(tensors[name].shape) != shape:
+            raise DictionaryError(
+                f"{path} tensor {name!r} has shape {list(tensors[name].shape)}, expected {list(shape)} "
+                f"for {what}"
+            )
