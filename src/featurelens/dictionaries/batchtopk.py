@@ -46,8 +46,8 @@ class BatchTopKDictionary(Dictionary):
         values, indices = flat.topk(min(self.k * pre.shape[0], flat.numel()), sorted=False)
         return torch.zeros_like(flat).scatter(0, indices, values).view_as(pre)
 
-    def training_forward(self, x_scaled: torch.Tensor, y_scaled: torch.Tensor) -> TrainingOutput:
-        pre = self.pre_activation(x_scaled)
+    def training_codes(self, pre: torch.Tensor) -> torch.Tensor:
+        """Batch-TopK codes [n, d_latent] of pre [n, d_latent]; in training mode, update ``threshold``."""
         codes = self.batch_topk_codes(pre)
         active = codes > 0
         if self.training and active.any():
@@ -56,5 +56,11 @@ class BatchTopKDictionary(Dictionary):
                 first = self.threshold < 0
                 blended = THRESHOLD_MOMENTUM * self.threshold + (1 - THRESHOLD_MOMENTUM) * smallest
                 self.threshold.copy_(torch.where(first, smallest, blended))
+        return codes
+
+    def training_forward(self, x_scaled: torch.Tensor, y_scaled: torch.Tensor) -> TrainingOutput:
+        pre = self.pre_activation(x_scaled)
+        codes = self.training_codes(pre)
+        active = codes > 0
         y_hat = codes @ self.W_dec + self.b_dec + self.skip_term(x_scaled)
-        return TrainingOutput(y_hat, active.any(0), active.sum(1).float().mean(), pre.new_zeros(()), pre)
+        return TrainingOutput(y_hat, active.any(0), active.sum(1).float().mean(), pre.new_zeros(()))

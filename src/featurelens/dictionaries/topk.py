@@ -7,7 +7,8 @@ from typing import Any
 import torch
 
 from featurelens.dictionaries.base import Dictionary, DictionaryError, TrainingOutput
-from featurelens.dictionaries.sparse_decode import dense_codes, topk_decode
+from featurelens.dictionaries.sparse_decode import dense_codes, topk_decode, use_sparse_decoder
+from featurelens.dictionaries.sparse_encode import topk_encode
 
 
 def check_k(k: int, d_latent: int) -> None:
@@ -34,11 +35,14 @@ class TopKDictionary(Dictionary):
         return dense_codes(indices, values.relu(), self.d_latent)
 
     def training_forward(self, x_scaled: torch.Tensor, y_scaled: torch.Tensor) -> TrainingOutput:
-        pre = self.pre_activation(x_scaled)
-        values, indices = pre.topk(self.k, dim=1, sorted=False)
-        values = values.relu()
+        if use_sparse_decoder(self.k, self.d_latent):  # sparse enough for sparse backward passes
+            centred = self.centred(x_scaled)
+            values, indices = topk_encode(centred, self.W_enc, self.b_enc, self.k, self.encoder_dtype)
+        else:
+            values, indices = self.pre_activation(x_scaled).topk(self.k, dim=1, sorted=False)
+            values = values.relu()
         y_hat = topk_decode(indices, values, self.W_dec) + self.b_dec + self.skip_term(x_scaled)
         active = values > 0
-        fired = torch.zeros(self.d_latent, dtype=torch.bool, device=pre.device)
+        fired = torch.zeros(self.d_latent, dtype=torch.bool, device=values.device)
         fired[indices[active]] = True
-        return TrainingOutput(y_hat, fired, active.sum(1).float().mean(), pre.new_zeros(()), pre)
+        return TrainingOutput(y_hat, fired, active.sum(1).float().mean(), values.new_zeros(()))

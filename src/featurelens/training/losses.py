@@ -8,20 +8,16 @@ from featurelens.dictionaries.sparse_decode import topk_decode
 
 
 def auxk_loss(
-    pre: torch.Tensor, dead: torch.Tensor, residual: torch.Tensor, W_dec: torch.Tensor, k_aux: int
+    dead_pre: torch.Tensor, dead: torch.Tensor, residual: torch.Tensor, W_dec: torch.Tensor, k_aux: int
 ) -> torch.Tensor:
-    """AuxK (Gao et al. 2024): dead latents must reconstruct the main residual; a scalar, 0 if none is dead.
+    """AuxK (Gao et al. 2024): dead latents must reconstruct the main residual; a scalar.
 
-    pre [n, d_latent] pre-activations; dead [d_latent] bool; residual [n, d_out] = target - reconstruction
-    (detached); W_dec [d_latent, d_out]. Normalised by the residual's variance so its scale is O(1).
+    dead_pre [n, n_dead] pre-activations of the dead latents, whose indices are dead [n_dead];
+    residual [n, d_out] = target - reconstruction (detached); W_dec [d_latent, d_out]. Normalised by
+    the residual's variance so its scale is O(1).
     """
-    n_dead = int(dead.sum())
-    if n_dead == 0:
-        return pre.new_zeros(())
-    k = min(k_aux, n_dead)
-    dead_pre = pre.masked_fill(~dead, float("-inf"))
-    values, indices = dead_pre.topk(k, dim=1, sorted=False)
-    residual_hat = topk_decode(indices, values.relu(), W_dec)
+    values, picked = dead_pre.topk(min(k_aux, dead.numel()), dim=1, sorted=False)
+    residual_hat = topk_decode(dead[picked], values.relu(), W_dec)
     total = (residual - residual.mean(dim=0)).square().sum().clamp_min(1e-12)
     return (residual_hat - residual).square().sum() / total
 

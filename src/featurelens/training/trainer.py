@@ -53,6 +53,8 @@ def split_batch(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     for name, t in (("inputs", x), ("targets", y)):
         if t.ndim != 2 or t.shape[0] == 0:
             raise DictionaryError(f"{name} must be a non-empty [batch, width] tensor, got {list(t.shape)}")
+        if torch.isfinite(t.sum()):  # cheap: one NaN/Inf anywhere makes the sum non-finite (or overflows)
+            continue
         bad = (~torch.isfinite(t)).any(dim=1).nonzero().flatten()
         if len(bad):
             raise DictionaryError(

@@ -1,0 +1,47 @@
+"""The sparse TopK encoder backward equals autograd through the dense computation."""
+
+import pytest
+import torch
+
+from featurelens.dictionaries.sparse_encode import topk_encode
+
+
+@pytest.mark.parametrize("needs_x", [True, False])
+def test_sparse_backward_matches_dense_autograd(needs_x: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 12, generator=g, dtype=torch.float64)
+    W = torch.randn(12, 40, generator=g, dtype=torch.float64)
+    b = torch.randn(40, generator=g, dtype=torch.float64) - 9.0  # some selected pre-activations are < 0
+    weights = torch.randn(50, 5, generator=g, dtype=torch.float64)
+
+    leaves = [t.clone().requires_grad_(t is not x or needs_x) for t in (x, W, b)]
+    values, indices = topk_encode(*leaves, 5)
+    (values * weights).sum().backward()
+
+    reference = [t.clone().requires_grad_(t is not x or needs_x) for t in (x, W, b)]
+    pre = reference[0] @ reference[1] + reference[2]
+    ref_values, ref_indices = pre.topk(5, dim=1, sorted=False)
+    # the same latents per row, maybe in another order: align the reference to ours
+    order = (indices[:, :, None] == ref_indices[:, None, :]).double().argmax(dim=2)
+    ref_indices, ref_values = ref_indices.gather(1, order), ref_values.gather(1, order)
+    assert torch.equal(indices, ref_indices)
+    assert (ref_values < 0).any()  # the relu gate is exercised
+    (ref_values.relu() * weights).sum().backward()
+    torch.testing.assert_close(values, ref_values.relu())
+    for ours, theirs in zip(leaves, reference, strict=True):
+        if theirs.grad is None:
+            assert ours.grad is None
+        else:
+            torch.testing.assert_close(ours.grad, theirs.grad)
+
+
+def test_bfloat16_selection_keeps_float32_values_and_gradients() -> None:
+    g = torch.Generator().manual_seed(1)
+    x, W, b = torch.randn(64, 16, generator=g), torch.randn(16, 48, generator=g), torch.zeros(48)
+    W.requires_grad_()
+    values, indices = topk_encode(x, W, b, 4, torch.bfloat16)
+    exact = (x @ W + b).gather(1, indices).relu()
+    assert values.dtype == torch.float32
+    torch.testing.assert_close(values, exact, rtol=2e-2, atol=5e-2)  # bfloat16 keeps ~3 significant digits
+    values.sum().backward()
+    assert W.grad is not None and W.grad.dtype == torch.float32
