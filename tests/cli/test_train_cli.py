@@ -94,6 +94,30 @@ def test_a_transcoder_reads_one_hook_and_writes_another(store: Path, tmp_path: P
     assert transcoder.W_skip is not None
 
 
+def test_export_to_saelens_and_back_keeps_the_outputs(store: Path, tmp_path: Path) -> None:
+    assert train(store, tmp_path / "sae", *SMALL, "--steps", "3").returncode == 0
+    exported = featurelens(
+        "export", str(tmp_path / "sae"), "--format", "saelens", "--out", str(tmp_path / "sl")
+    )
+    assert exported.returncode == 0, exported.stderr
+    assert sorted(p.name for p in (tmp_path / "sl").iterdir()) == ["cfg.json", "sae_weights.safetensors"]
+    assert (
+        json.loads((tmp_path / "sl" / "cfg.json").read_text())["metadata"]["hook_name"]
+        == "blocks.1.hook_resid_post"
+    )
+    back = featurelens(
+        "export", str(tmp_path / "sl"), "--format", "featurelens", "--out", str(tmp_path / "back")
+    )
+    assert back.returncode == 0, back.stderr
+    x = torch.randn(20, 32)
+    original, returned = Dictionary.load(tmp_path / "sae"), Dictionary.load(tmp_path / "back")
+    assert returned.hook_in == HOOK
+    torch.testing.assert_close(returned.encode(x), original.encode(x))
+    torch.testing.assert_close(returned(x), original(x))
+    again = featurelens("export", str(tmp_path / "sae"), "--format", "saelens", "--out", str(tmp_path / "sl"))
+    assert_one_line_error(again, "already holds files")
+
+
 def test_kill_minus_nine_then_resume_equals_an_uninterrupted_run(store: Path, tmp_path: Path) -> None:
     slow = [
         "--k",

@@ -214,10 +214,12 @@ class ActivationStore:
         seed: int = 0,
         buffer_shards: int = 4,
         rows: tuple[int, int] | None = None,
+        keep: np.ndarray | None = None,
     ) -> Iterator[tuple[torch.Tensor, ...]]:
         """Like :meth:`iter_batches`, one float32 batch per hook, every batch taking the same rows.
 
-        ``rows`` = (start, stop) restricts the batches to that row range (e.g. leave the tail held out).
+        ``rows`` = (start, stop) restricts the batches to that row range (e.g. leave the tail held out);
+        ``keep``, a bool mask over all rows [n_tokens], leaves out the rows where it is False.
         """
         if batch_size < 1:
             raise StoreError(f"batch size must be a positive integer, got {batch_size}")
@@ -228,13 +230,18 @@ class ActivationStore:
             raise StoreError(f"row range {start}:{stop} is outside the store's {self.n_tokens} rows")
         rng = np.random.default_rng(seed)
         shards = [self._load(f"{hook}.npy") for hook in hooks]
-        pieces = _pieces([len(shard) for shard in shards[0]], start, stop)
+        lengths = [len(shard) for shard in shards[0]]
+        pieces = _pieces(lengths, start, stop)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
         order = rng.permutation(len(pieces)) if shuffle else np.arange(len(pieces))
         dtype = self.manifest["dtype"]
         carry: list[np.ndarray] = []  # rows short of a full batch, carried into the next buffer
         for first_piece in range(0, len(order), buffer_shards):
             chosen = [pieces[i] for i in order[first_piece : first_piece + buffer_shards]]
             buffers = [np.concatenate([hook_shards[i][a:b] for i, a, b in chosen]) for hook_shards in shards]
+            if keep is not None:
+                kept = np.concatenate([keep[offsets[i] + a : offsets[i] + b] for i, a, b in chosen])
+                buffers = [buffer[kept] for buffer in buffers]
             if shuffle:
                 permutation = rng.permutation(len(buffers[0]))
                 buffers = [buffer[permutation] for buffer in buffers]

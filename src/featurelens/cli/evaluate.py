@@ -93,6 +93,7 @@ def evaluate_folder(
             batch_size=batch_size,
             skip_positions=int(training.get("skip_positions", 1)),
             keep_special=bool(training.get("keep_special", False)),
+            max_norm=training.get("max_norm"),
             with_loss=with_loss,
             on_tokens=advance,
         )

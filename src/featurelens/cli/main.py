@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from featurelens.cli import capture, evaluate, hooks, info, run, train
+from featurelens.cli import capture, evaluate, export, hooks, info, run, train
 from featurelens.errors import FeatureLensError
 
 VERBS = {
@@ -16,6 +16,7 @@ VERBS = {
     "capture": capture,
     "train": train,
     "evaluate": evaluate,
+    "export": export,
     "hooks": hooks,
     "info": info,
 }
@@ -28,6 +29,7 @@ The loop, one verb per stage:
   capture   record hidden activations of any HF model into an on-disk store
   train     train sparse dictionaries (TopK/BatchTopK/JumpReLU/ReLU SAEs, transcoders) on a store
   evaluate  measure a dictionary: FVU, L0, dead latents, the model's loss with it spliced in
+  export    convert a dictionary to SAELens or sparsify format (and back)
   hooks     list a model's hook points with their shapes
   info      summarise an activation store
 """

@@ -27,7 +27,7 @@ from rich.table import Table
 from featurelens.capture import ActivationStore
 from featurelens.dictionaries.base import DictionaryError
 from featurelens.dictionaries.registry import ARCHITECTURES
-from featurelens.training.config import TrainConfig
+from featurelens.training.config import ENCODER_DTYPES, TrainConfig
 from featurelens.training.from_store import SavedDictionary, StoreTraining, train_on_store
 from featurelens.training.state import StepMetrics, TrainingRun
 
@@ -57,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--holdout", type=int, help="rows held out at the store's end (default 10%%, ≤20k)")
     parser.add_argument(
         "--checkpoint-every", type=int, default=200, help="steps between checkpoints (0: none)"
+    )
+    parser.add_argument(
+        "--keep-outliers", action="store_true", help="also train on rows the store flags as norm outliers"
     )
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted training run")
@@ -91,6 +94,13 @@ def add_dictionary_arguments(parser: argparse.ArgumentParser, defaults: TrainCon
     parser.add_argument("--skip", action="store_true", help="add a linear skip connection (transcoders)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="tokens per step")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="initialisation and shuffling seed")
+    parser.add_argument(
+        "--encoder-dtype",
+        choices=ENCODER_DTYPES,
+        default=defaults.encoder_dtype,
+        help="precision of the TopK encoder matmul that picks active latents; auto: bfloat16 where the "
+        "hardware runs it fast (AVX512-BF16/AMX CPUs, GPUs), else float32",
+    )
 
 
 def configs_from_args(args: argparse.Namespace, hook_in: str, hook_out: str | None) -> list[TrainConfig]:
@@ -110,6 +120,7 @@ def configs_from_args(args: argparse.Namespace, hook_in: str, hook_out: str | No
             hook_in=hook_in,
             hook_out=hook_out,
             skip=args.skip,
+            encoder_dtype=args.encoder_dtype,
         )
         for k, expansion, lr, target_l0 in combos
     ]
@@ -184,6 +195,7 @@ def main(args: argparse.Namespace) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
         device=args.device,
+        keep_outliers=args.keep_outliers,
     )
     saved = train_with_progress(job, configs_from_args(args, hook_in, args.hook_out), console)
     print_results(saved, console)

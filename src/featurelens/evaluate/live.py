@@ -64,13 +64,14 @@ def evaluate_in_model(
     batch_size: int = 8,
     skip_positions: int = 1,
     keep_special: bool = False,
+    max_norm: dict[str, float] | None = None,
     with_loss: bool = True,
     on_tokens: Callable[[int], None] | None = None,
 ) -> Evaluation:
     """Run ``sequences`` [n, seq_len] through ``lm``; reconstruct ``dictionary.hook_out`` from its input hook.
 
     Positions a store would leave out (the first ``skip_positions``, special tokens unless
-    ``keep_special``) are neither
+    ``keep_special``, rows whose norm at a hook exceeds ``max_norm[hook]``, as training left them out) are neither
     measured nor replaced. The spliced loss replaces the output hook's activations by the dictionary's
     prediction from the clean input hook (which the replacement, being downstream, cannot change).
     """
@@ -90,6 +91,8 @@ def evaluate_in_model(
         ids = sequences[first : first + batch_size].to(lm.device)
         mask = torch.from_numpy(stored_positions(ids.cpu().numpy(), skip_positions, special)).to(lm.device)
         acts = lm.capture(ids, hooks)
+        for hook, limit in (max_norm or {}).items():
+            mask &= acts[hook].float().norm(dim=-1) <= limit
         x, y = acts[dictionary.hook_in][mask].float(), acts[dictionary.hook_out][mask].float()
         codes = dictionary.encode(x)
         y_hat = dictionary(x)

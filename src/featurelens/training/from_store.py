@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from featurelens.capture import ActivationStore
 from featurelens.capture.store import write_json_atomic
 from featurelens.dictionaries.base import DictionaryError
@@ -38,7 +41,9 @@ class StoreTraining:
 
     ``steps`` (default: ``epochs`` passes over the training rows) overrides the configs' own.
     ``holdout_tokens`` rows at the end of the store are never trained on and measure the result
-    (default: 10% of the rows, at most 20,000).
+    (default: 10% of the rows, at most 20,000). Rows the store flags as norm outliers (attention-sink-like
+    rows whose norm exceeds its outlier multiple of the median, ~1 in 10,000 on SmolLM2) are left out of
+    both unless ``keep_outliers``: a single one can outweigh thousands of typical rows in the loss.
     """
 
     acts: str
@@ -50,6 +55,7 @@ class StoreTraining:
     resume: bool = False
     overwrite: bool = False
     device: str | None = None
+    keep_outliers: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -131,15 +137,37 @@ def heldout_rows(store: ActivationStore, holdout_tokens: int | None) -> tuple[in
     return n - held, n
 
 
+def typical_rows(store: ActivationStore, hooks: list[str]) -> tuple[np.ndarray, dict[str, float]]:
+    """Bool mask [n_tokens] of rows within the store's outlier limit at every hook, and each hook's limit."""
+    multiple = float(store.manifest["outliers"]["multiple"])
+    keep = np.ones(store.n_tokens, dtype=bool)
+    limits = {}
+    for hook in hooks:
+        norms = store.norms(hook)
+        limits[hook] = multiple * float(np.median(norms))
+        keep &= norms <= limits[hook]
+    return keep, limits
+
+
+def as_batch(batch: tuple[torch.Tensor, ...]) -> Batch:
+    """x for one hook, (x, y) for two."""
+    return batch[0] if len(batch) == 1 else (batch[0], batch[1])
+
+
 def epoch_batches(
-    store: ActivationStore, hooks: list[str], batch_size: int, stop: int, epochs: int, seed: int
+    store: ActivationStore,
+    hooks: list[str],
+    batch_size: int,
+    stop: int,
+    epochs: int,
+    seed: int,
+    keep: np.ndarray | None,
 ) -> Iterator[Batch]:
-    """``epochs`` shuffled passes over rows [0, stop): x batches, or (x, y) when two hooks are given."""
+    """``epochs`` shuffled passes over the kept rows of [0, stop): x, or (x, y) when two hooks are given."""
     for epoch in range(epochs):
-        for batch in store.iter_aligned_batches(
-            hooks, batch_size, seed=seed * 10_007 + epoch, rows=(0, stop)
-        ):
-            yield batch[0] if len(batch) == 1 else (batch[0], batch[1])
+        seed_e = seed * 10_007 + epoch
+        for batch in store.iter_aligned_batches(hooks, batch_size, seed=seed_e, rows=(0, stop), keep=keep):
+            yield as_batch(batch)
 
 
 def train_on_store(
@@ -156,17 +184,20 @@ def train_on_store(
         if config.arch in K_ARCHITECTURES:
             check_k(config.k, config.expansion * width)
     stop, n_rows = heldout_rows(store, job.holdout_tokens)
-    per_epoch = math.ceil(stop / first.batch_size)
+    keep, limits = typical_rows(store, hooks)
+    if job.keep_outliers:
+        keep, limits = np.ones(store.n_tokens, dtype=bool), {}
+    per_epoch = math.ceil(int(keep[:stop].sum()) / first.batch_size)
     steps = job.steps or job.epochs * per_epoch
     configs = [dataclasses.replace(config, steps=steps) for config in configs]
     out = Path(job.out)
     folders = output_folders(out, configs)
     prepare_output(out, folders, resume=job.resume, overwrite=job.overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    source = {"acts": str(Path(job.acts).resolve()), "rows": [0, stop], "hooks": hooks}
+    source = {"acts": str(Path(job.acts).resolve()), "rows": [0, stop], "hooks": hooks, "max_norm": limits}
     checkpointing = Checkpointing(checkpoint_dir(out), job.checkpoint_every, job.resume, source)
     epochs = max(job.epochs, math.ceil(steps / per_epoch))
-    batches = epoch_batches(store, hooks, first.batch_size, stop, epochs, first.seed)
+    batches = epoch_batches(store, hooks, first.batch_size, stop, epochs, first.seed, keep)
     device = resolve_device(job.device)
     results = train_dictionaries(
         configs, batches, checkpointing=checkpointing, on_step=on_step, device=device
@@ -174,10 +205,9 @@ def train_on_store(
     saved = []
     for folder, result in zip(folders, results, strict=True):
         heldout = None
-        if stop < n_rows:
-            held = (b for b in store.iter_aligned_batches(hooks, 4096, shuffle=False, rows=(stop, n_rows)))
-            pairs = (batch[0] if len(batch) == 1 else (batch[0], batch[1]) for batch in held)
-            heldout = reconstruction_metrics(result.dictionary.eval(), pairs)
+        if keep[stop:n_rows].any():
+            held = store.iter_aligned_batches(hooks, 4096, shuffle=False, rows=(stop, n_rows), keep=keep)
+            heldout = reconstruction_metrics(result.dictionary.eval(), (as_batch(b) for b in held))
         result.dictionary.save(folder)
         write_json_atomic(folder / TRAINING, _provenance(store, result, heldout, source, n_rows))
         saved.append(SavedDictionary(folder, result, heldout))
@@ -207,6 +237,7 @@ def _provenance(
         "skip_positions": capture["skip_positions"],
         "keep_special": capture["keep_special"],
         "rows": {"train": source["rows"], "heldout": [source["rows"][1], n_rows]},
+        "max_norm": source["max_norm"],
         "steps": result.steps,
         "tokens": result.tokens,
         "tokens_per_second": result.tokens_per_second,
