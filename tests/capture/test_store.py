@@ -130,6 +130,11 @@ def test_aligned_batches_pair_hooks_row_by_row_within_a_row_range(
     expected = np.concatenate([first[start:stop], second[start:stop]], axis=1)
     assert not np.array_equal(pairs, expected)  # shuffled
     np.testing.assert_array_equal(np.unique(pairs, axis=0), np.unique(expected, axis=0))
+    keep = np.random.default_rng(0).random(store.n_tokens) < 0.7  # e.g. leave norm outliers out
+    kept = torch.cat([x for x, _ in store.iter_aligned_batches(HOOKS, 64, rows=(start, stop), keep=keep)])
+    expected_kept = first[start:stop][keep[start:stop]]
+    assert len(kept) == len(expected_kept)
+    np.testing.assert_array_equal(np.unique(kept.numpy(), axis=0), np.unique(expected_kept, axis=0))
     with pytest.raises(StoreError, match="outside"):
         next(store.iter_aligned_batches(HOOKS, 64, rows=(0, store.n_tokens + 1)))
 
