@@ -118,6 +118,27 @@ def test_export_to_saelens_and_back_keeps_the_outputs(store: Path, tmp_path: Pat
     assert_one_line_error(again, "already holds files")
 
 
+def test_live_training_needs_no_store_and_is_deterministic(tiny_model_dir: Path, tmp_path: Path) -> None:
+    live = ["train", "--model", str(tiny_model_dir), "--hook", HOOK, "--tokens", "6400", "--seq-len", "32"]
+    first = featurelens(*live, *SMALL, "--out", str(tmp_path / "a"))
+    assert first.returncode == 0, first.stderr
+    training = json.loads((tmp_path / "a" / "training.json").read_text())
+    assert training["live"] and training["model"] == str(tiny_model_dir)
+    assert training["steps"] == 6400 * 31 // 32 // 256 + 1 and training["train_metrics"]["l0"] <= 4
+    assert featurelens(*live, *SMALL, "--out", str(tmp_path / "b")).returncode == 0
+    a, b = (
+        load_file(tmp_path / "a" / "weights.safetensors"),
+        load_file(tmp_path / "b" / "weights.safetensors"),
+    )
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    evaluation = featurelens("evaluate", str(tmp_path / "a"), "--tokens", "320", "--json")
+    assert evaluation.returncode == 0, evaluation.stderr
+    assert json.loads(evaluation.stdout)["fvu"] < 1.0
+    assert_one_line_error(
+        featurelens("train", "--model", str(tiny_model_dir), "--out", str(tmp_path / "c")), "--hook"
+    )
+
+
 def test_kill_minus_nine_then_resume_equals_an_uninterrupted_run(store: Path, tmp_path: Path) -> None:
     slow = [
         "--k",

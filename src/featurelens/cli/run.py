@@ -34,7 +34,7 @@ from featurelens.cli.train import (
 from featurelens.corpus import CorpusConfig
 from featurelens.dictionaries.base import DictionaryError
 from featurelens.training.config import TrainConfig
-from featurelens.training.from_store import StoreTraining, is_finished, read_training
+from featurelens.training.from_store import StoreTraining, is_finished, read_training, train_on_store
 
 HELP = "run the whole loop on the bundled model and corpus"
 EPOCHS = 2
@@ -104,7 +104,8 @@ def main(args: argparse.Namespace) -> int:
             overwrite=retrain,
             device=args.device,
         )
-        print_results(train_with_progress(job, configs, console), console)
+        saved = train_with_progress(lambda on_step: train_on_store(job, configs, on_step), console)
+        print_results(saved, console)
 
     console.rule("[bold]3. evaluate")
     evaluation = evaluate_folder(

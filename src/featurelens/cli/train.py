@@ -12,6 +12,8 @@ examples:
   featurelens train --acts runs/mlp/acts --hook layers.3.mlp_in --hook-out layers.3.mlp_out --skip \\
       --out runs/mlp/transcoder                                                      # a skip transcoder
   featurelens train --acts runs/demo/acts --arch jumprelu --target-l0 40 --out runs/demo/jumprelu
+  featurelens train --model smollm2 --hook layers.15.resid_post --tokens 500000 --out runs/live/sae
+                                                        # live: no store, activations computed as needed
 """
 
 from __future__ import annotations
@@ -25,11 +27,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from featurelens.capture import ActivationStore
+from featurelens.corpus import CorpusConfig
 from featurelens.dictionaries.base import DictionaryError
 from featurelens.dictionaries.registry import ARCHITECTURES
 from featurelens.training.config import ENCODER_DTYPES, TrainConfig
 from featurelens.training.from_store import SavedDictionary, StoreTraining, train_on_store
+from featurelens.training.live import LiveTraining, train_live
 from featurelens.training.state import StepMetrics, TrainingRun
+from featurelens.training.trainer import StepCallback
 
 HELP = "train SAEs or transcoders on captured activations"
 
@@ -48,6 +53,13 @@ def number_list(kind: Callable[[str], float | int]) -> Callable[[str], list]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--acts", default="runs/demo/acts", help="activation store to train on")
+    live = parser.add_argument_group("live training (no store: activations computed as needed)")
+    live.add_argument("--model", help="train live on this model (smollm2, a folder, .gguf or hub id)")
+    live.add_argument("--tokens", type=int, default=200_000, help="tokens to run through the model")
+    live.add_argument(
+        "--corpus", default="bundled", help="bundled, a .txt/.jsonl/.parquet file or folder, hf:<name>"
+    )
+    live.add_argument("--seq-len", type=int, default=256, help="tokens per packed sequence")
     parser.add_argument("--hook", help="hook point to read (default: the store's only hook)")
     parser.add_argument("--hook-out", help="hook point to predict: makes a transcoder (same store)")
     parser.add_argument("--out", default="runs/demo/sae", help="folder to write the dictionary into")
@@ -137,9 +149,9 @@ def default_hook(acts: str, hook: str | None) -> str:
 
 
 def train_with_progress(
-    job: StoreTraining, configs: list[TrainConfig], console: Console
+    train: Callable[[StepCallback], list[SavedDictionary]], console: Console
 ) -> list[SavedDictionary]:
-    """:func:`train_on_store` under a progress bar showing the first run's loss, FVU, L0 and dead fraction."""
+    """``train(on_step)`` under a progress bar showing the first run's loss, FVU, L0 and dead fraction."""
     columns = (
         TextColumn("[bold]training"),
         BarColumn(),
@@ -160,7 +172,7 @@ def train_with_progress(
                 f"dead {first.dead_fraction:.1%}" + (f"  (+{len(runs) - 1} more)" if len(runs) > 1 else ""),
             )
 
-        return train_on_store(job, configs, on_step)
+        return train(on_step)
 
 
 def print_results(saved: list[SavedDictionary], console: Console) -> None:
@@ -184,6 +196,25 @@ def print_results(saved: list[SavedDictionary], console: Console) -> None:
 
 def main(args: argparse.Namespace) -> int:
     console = Console()
+    if args.model:
+        if not args.hook:
+            raise DictionaryError("live training needs --hook (see `featurelens hooks --model ...`)")
+        live = LiveTraining(
+            out=args.out,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            device=args.device,
+            model=args.model,
+            tokens=args.tokens,
+            corpus=CorpusConfig(spec=args.corpus),
+            seq_len=args.seq_len,
+        )
+        configs = configs_from_args(args, args.hook, args.hook_out)
+        saved = train_with_progress(lambda on_step: train_live(live, configs, on_step), console)
+        print_results(saved, console)
+        console.print(f"evaluate in the model with: featurelens evaluate {saved[0].path}")
+        return 0
     hook_in = default_hook(args.acts, args.hook)
     job = StoreTraining(
         acts=args.acts,
@@ -197,7 +228,8 @@ def main(args: argparse.Namespace) -> int:
         device=args.device,
         keep_outliers=args.keep_outliers,
     )
-    saved = train_with_progress(job, configs_from_args(args, hook_in, args.hook_out), console)
+    configs = configs_from_args(args, hook_in, args.hook_out)
+    saved = train_with_progress(lambda on_step: train_on_store(job, configs, on_step), console)
     print_results(saved, console)
     console.print(f"evaluate in the model with: featurelens evaluate {saved[0].path}")
     return 0

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import torch
 
 from featurelens.capture import ActivationStore
 from featurelens.capture.store import write_json_atomic
-from featurelens.dictionaries.base import DictionaryError
+from featurelens.dictionaries.base import Dictionary, DictionaryError
 from featurelens.dictionaries.topk import check_k
 from featurelens.evaluate.reconstruction import ReconstructionMetrics, reconstruction_metrics
 from featurelens.models.loading import resolve_device
@@ -36,8 +36,23 @@ HOLDOUT_MAX = 20_000
 
 
 @dataclass(frozen=True)
-class StoreTraining:
-    """Where to read, where to write and how long to train.
+class TrainingJob:
+    """Where trained dictionaries go and how the run is kept: checkpoints, resume, overwrite, device."""
+
+    out: str = "runs/demo/sae"
+    checkpoint_every: int = 200
+    resume: bool = False
+    overwrite: bool = False
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_every < 0:
+            raise DictionaryError(f"--checkpoint-every must be >= 0 steps, got {self.checkpoint_every}")
+
+
+@dataclass(frozen=True)
+class StoreTraining(TrainingJob):
+    """Train on the store ``acts``.
 
     ``steps`` (default: ``epochs`` passes over the training rows) overrides the configs' own.
     ``holdout_tokens`` rows at the end of the store are never trained on and measure the result
@@ -46,26 +61,20 @@ class StoreTraining:
     both unless ``keep_outliers``: a single one can outweigh thousands of typical rows in the loss.
     """
 
-    acts: str
-    out: str
+    acts: str = "runs/demo/acts"
     epochs: int = 1
     steps: int | None = None
     holdout_tokens: int | None = None
-    checkpoint_every: int = 200
-    resume: bool = False
-    overwrite: bool = False
-    device: str | None = None
     keep_outliers: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.epochs < 1:
             raise DictionaryError(f"--epochs must be a positive integer, got {self.epochs}")
         if self.steps is not None and self.steps < 1:
             raise DictionaryError(f"--steps must be a positive integer, got {self.steps}")
         if self.holdout_tokens is not None and self.holdout_tokens < 0:
             raise DictionaryError(f"--holdout must be >= 0 tokens, got {self.holdout_tokens}")
-        if self.checkpoint_every < 0:
-            raise DictionaryError(f"--checkpoint-every must be >= 0 steps, got {self.checkpoint_every}")
 
 
 @dataclass(frozen=True)
@@ -190,45 +199,18 @@ def train_on_store(
     per_epoch = math.ceil(int(keep[:stop].sum()) / first.batch_size)
     steps = job.steps or job.epochs * per_epoch
     configs = [dataclasses.replace(config, steps=steps) for config in configs]
-    out = Path(job.out)
-    folders = output_folders(out, configs)
-    prepare_output(out, folders, resume=job.resume, overwrite=job.overwrite)
-    out.mkdir(parents=True, exist_ok=True)
     source = {"acts": str(Path(job.acts).resolve()), "rows": [0, stop], "hooks": hooks, "max_norm": limits}
-    checkpointing = Checkpointing(checkpoint_dir(out), job.checkpoint_every, job.resume, source)
     epochs = max(job.epochs, math.ceil(steps / per_epoch))
     batches = epoch_batches(store, hooks, first.batch_size, stop, epochs, first.seed, keep)
-    device = resolve_device(job.device)
-    results = train_dictionaries(
-        configs, batches, checkpointing=checkpointing, on_step=on_step, device=device
-    )
-    saved = []
-    for folder, result in zip(folders, results, strict=True):
-        heldout = None
-        if keep[stop:n_rows].any():
-            held = store.iter_aligned_batches(hooks, 4096, shuffle=False, rows=(stop, n_rows), keep=keep)
-            heldout = reconstruction_metrics(result.dictionary.eval(), (as_batch(b) for b in held))
-        result.dictionary.save(folder)
-        write_json_atomic(folder / TRAINING, _provenance(store, result, heldout, source, n_rows))
-        saved.append(SavedDictionary(folder, result, heldout))
-    shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
-    return saved
 
-
-def _provenance(
-    store: ActivationStore,
-    result: TrainResult,
-    heldout: ReconstructionMetrics | None,
-    source: dict[str, Any],
-    n_rows: int,
-) -> dict[str, Any]:
-    from featurelens import __version__
+    def heldout(dictionary: Dictionary) -> ReconstructionMetrics | None:
+        if not keep[stop:n_rows].any():
+            return None
+        held = store.iter_aligned_batches(hooks, 4096, shuffle=False, rows=(stop, n_rows), keep=keep)
+        return reconstruction_metrics(dictionary, (as_batch(b) for b in held))
 
     capture = store.manifest["config"]
-    return {
-        "format": FORMAT,
-        "featurelens_version": __version__,
-        "train_config": result.config.to_dict(),
+    provenance = {
         "acts": source["acts"],
         "model": store.manifest["model"]["spec"],
         "corpus": store.manifest["corpus"],
@@ -236,8 +218,51 @@ def _provenance(
         "captured_tokens": capture["n_tokens"],
         "skip_positions": capture["skip_positions"],
         "keep_special": capture["keep_special"],
-        "rows": {"train": source["rows"], "heldout": [source["rows"][1], n_rows]},
-        "max_norm": source["max_norm"],
+        "rows": {"train": [0, stop], "heldout": [stop, n_rows]},
+        "max_norm": limits,
+    }
+    return fit_and_save(job, configs, batches, source, provenance, heldout, on_step)
+
+
+def fit_and_save(
+    job: TrainingJob,
+    configs: Sequence[TrainConfig],
+    batches: Iterable[Batch],
+    source: dict[str, Any],
+    provenance: dict[str, Any],
+    heldout: Callable[[Dictionary], ReconstructionMetrics | None],
+    on_step: StepCallback | None,
+) -> list[SavedDictionary]:
+    """Train ``configs`` on ``batches``, checkpointing in ``job.out``; save each with its provenance."""
+    out = Path(job.out)
+    folders = output_folders(out, configs)
+    prepare_output(out, folders, resume=job.resume, overwrite=job.overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpointing = Checkpointing(checkpoint_dir(out), job.checkpoint_every, job.resume, source)
+    device = resolve_device(job.device)
+    results = train_dictionaries(
+        configs, batches, checkpointing=checkpointing, on_step=on_step, device=device
+    )
+    saved = []
+    for folder, result in zip(folders, results, strict=True):
+        held = heldout(result.dictionary.eval())
+        result.dictionary.save(folder)
+        write_json_atomic(folder / TRAINING, _provenance(result, held, provenance))
+        saved.append(SavedDictionary(folder, result, held))
+    shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
+    return saved
+
+
+def _provenance(
+    result: TrainResult, heldout: ReconstructionMetrics | None, provenance: dict[str, Any]
+) -> dict[str, Any]:
+    from featurelens import __version__
+
+    return {
+        "format": FORMAT,
+        "featurelens_version": __version__,
+        "train_config": result.config.to_dict(),
+        **provenance,
         "steps": result.steps,
         "tokens": result.tokens,
         "tokens_per_second": result.tokens_per_second,

@@ -1,0 +1,128 @@
+"""Train dictionaries live from a model and a corpus, without writing activations to disk.
+
+Sequences are packed from the corpus exactly as `featurelens capture` would, run through the model (which
+stops after the last hooked layer), and their rows (position 0 and special tokens left out) fill a shuffle
+buffer of ``buffer_tokens`` rows that hands out shuffled batches. Rows whose norm exceeds the outlier
+multiple of the first forward pass's median norm are left out, as in store training. Everything is
+deterministic, so ``--resume`` regenerates and skips the batches a checkpoint already trained on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+
+import numpy as np
+import torch
+
+from featurelens.capture.run import special_token_ids, stored_positions
+from featurelens.corpus import CorpusConfig, documents, pack_sequences
+from featurelens.dictionaries.base import DictionaryError
+from featurelens.dictionaries.topk import check_k
+from featurelens.models import LanguageModel, load_model
+from featurelens.training.config import K_ARCHITECTURES, TrainConfig
+from featurelens.training.from_store import SavedDictionary, TrainingJob, fit_and_save
+from featurelens.training.trainer import Batch, StepCallback
+
+OUTLIER_MULTIPLE = 10.0
+
+
+@dataclass(frozen=True)
+class LiveTraining(TrainingJob):
+    """Train on ``tokens`` tokens of ``corpus`` run through ``model`` (sequences of ``seq_len``)."""
+
+    model: str = "smollm2"
+    tokens: int = 200_000
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    seq_len: int = 256
+    model_batch_size: int = 8
+    buffer_tokens: int = 131_072
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.tokens < 1:
+            raise DictionaryError(f"--tokens must be a positive number of tokens, got {self.tokens}")
+        if self.seq_len < 2 or self.model_batch_size < 1 or self.buffer_tokens < 1:
+            raise DictionaryError("--seq-len must be >= 2, the model batch size and buffer size positive")
+
+
+def live_rows(lm: LanguageModel, hooks: list[str], job: LiveTraining) -> Iterator[list[torch.Tensor]]:
+    """Per forward pass, the kept rows of each hook: [rows, width] tensors, all with the same rows."""
+    n_sequences = math.ceil(job.tokens / job.seq_len)
+    packed = islice(pack_sequences(documents(job.corpus), lm.tokenizer, job.seq_len), n_sequences)
+    special = special_token_ids(lm.tokenizer)
+    limits: list[float] | None = None
+    while chunk := list(islice(packed, job.model_batch_size)):
+        tokens = np.stack([sequence.tokens for sequence in chunk])
+        mask = torch.from_numpy(stored_positions(tokens, 1, special))
+        acts = lm.capture(torch.from_numpy(tokens).long(), hooks)
+        rows = [acts[hook].float().cpu()[mask] for hook in hooks]
+        if limits is None:  # outlier limits from the first pass, fixed from then on
+            limits = [OUTLIER_MULTIPLE * float(r.norm(dim=1).median()) for r in rows]
+        typical = torch.stack([r.norm(dim=1) <= limit for r, limit in zip(rows, limits, strict=True)]).all(0)
+        yield [r[typical] for r in rows]
+
+
+def shuffled_batches(
+    parts: Iterator[list[torch.Tensor]], batch_size: int, buffer_tokens: int, seed: int
+) -> Iterator[Batch]:
+    """Shuffle aligned row chunks through a buffer of ``buffer_tokens`` rows; yield full batches."""
+    generator = torch.Generator().manual_seed(seed)
+    pending: list[list[torch.Tensor]] = []
+    held = 0
+    exhausted = False
+    while not exhausted:
+        part = next(parts, None)
+        exhausted = part is None
+        if part is not None:
+            pending.append(part)
+            held += len(part[0])
+        if held < buffer_tokens and not exhausted:
+            continue
+        buffer = [torch.cat(columns) for columns in zip(*pending, strict=True)] if pending else []
+        if not buffer:
+            return
+        order = torch.randperm(len(buffer[0]), generator=generator)
+        buffer = [column[order] for column in buffer]
+        full = len(order) - len(order) % batch_size if not exhausted else len(order)
+        for first in range(0, full, batch_size):
+            batch = [column[first : first + batch_size] for column in buffer]
+            yield batch[0] if len(batch) == 1 else (batch[0], batch[1])
+        pending = [[column[full:] for column in buffer]] if full < len(order) else []
+        held = len(order) - full
+
+
+def train_live(
+    job: LiveTraining, configs: Sequence[TrainConfig], on_step: StepCallback | None = None
+) -> list[SavedDictionary]:
+    """Train ``configs`` (sharing batch size and hooks) on activations computed as they are needed."""
+    lm = load_model(job.model, device=job.device)
+    first = configs[0]
+    hooks = list(dict.fromkeys([first.hook_in, first.hook_out or first.hook_in]))
+    width = lm.capture(torch.ones(1, 2, dtype=torch.long), hooks)[first.hook_in].shape[-1]
+    for config in configs:
+        if config.arch in K_ARCHITECTURES:
+            check_k(config.k, config.expansion * width)
+    rows = job.tokens * (job.seq_len - 1) // job.seq_len  # position 0 of every sequence is left out
+    steps = math.ceil(rows / first.batch_size)  # special tokens and outliers may end the stream a bit sooner
+    configs = [dataclasses.replace(config, steps=steps) for config in configs]
+    batches = shuffled_batches(live_rows(lm, hooks, job), first.batch_size, job.buffer_tokens, first.seed)
+    source = {
+        "model": job.model,
+        "corpus": dataclasses.asdict(job.corpus),
+        "tokens": job.tokens,
+        "hooks": hooks,
+    }
+    provenance = {
+        "model": job.model,
+        "corpus": dataclasses.asdict(job.corpus),
+        "seq_len": job.seq_len,
+        "captured_tokens": job.tokens,
+        "skip_positions": 1,
+        "keep_special": False,
+        "live": True,
+    }
+    return fit_and_save(job, configs, batches, source, provenance, lambda _dictionary: None, on_step)
