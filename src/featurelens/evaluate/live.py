@@ -71,9 +71,10 @@ def evaluate_in_model(
     """Run ``sequences`` [n, seq_len] through ``lm``; reconstruct ``dictionary.hook_out`` from its input hook.
 
     Positions a store would leave out (the first ``skip_positions``, special tokens unless
-    ``keep_special``, rows whose norm at a hook exceeds ``max_norm[hook]``, as training left them out) are neither
-    measured nor replaced. The spliced loss replaces the output hook's activations by the dictionary's
-    prediction from the clean input hook (which the replacement, being downstream, cannot change).
+    ``keep_special``, and rows whose norm at a hook exceeds ``max_norm[hook]``, as training left them out)
+    are neither measured nor replaced. The spliced loss replaces the output hook's activations by the
+    dictionary's prediction from the clean input hook (which the replacement, being downstream, cannot
+    change).
     """
     hooks = list(dict.fromkeys([dictionary.hook_in, dictionary.hook_out]))
     probe = lm.capture(torch.ones(1, 2, dtype=torch.long), hooks)  # unknown hooks fail here, in one line
