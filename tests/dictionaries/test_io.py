@@ -5,7 +5,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from featurelens.dictionaries import ARCHITECTURES, Dictionary, DictionaryError, build_dictionary
+from featurelens.dictionaries import (
+    ARCHITECTURES,
+    BatchTopKDictionary,
+    Dictionary,
+    DictionaryError,
+    JumpReLUDictionary,
+    build_dictionary,
+)
 from featurelens.errors import FeatureLensError
 
 
@@ -17,17 +24,32 @@ def make(arch: str, **kwargs: object) -> Dictionary:
     with torch.no_grad():
         d.b_enc.normal_(0, 0.1)
         d.b_dec.normal_(0, 0.5)
+        if isinstance(d, JumpReLUDictionary):  # per-latent thresholds, so folding must scale each one
+            d.log_threshold.normal_(0, 0.5)
+        if isinstance(d, BatchTopKDictionary):  # as if estimated in training
+            d.threshold.fill_(1.5)
     return d
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
-def test_save_load_gives_identical_outputs_with_scale_folded(tmp_path: Path, arch: str) -> None:
-    d = make(arch)
+# Every architecture with its defaults, plus non-default hyper-parameters that the config must carry.
+VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
+    **{arch: (arch, {}) for arch in ARCHITECTURES},
+    "jumprelu-bandwidth": ("jumprelu", {"bandwidth": 0.05, "sparsity_coefficient": 0.3}),
+    "matryoshka-prefixes": ("matryoshka", {"k": 6, "prefixes": [6, 24, 48]}),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_save_load_gives_identical_outputs_with_scale_folded(tmp_path: Path, variant: str) -> None:
+    arch, kwargs = VARIANTS[variant]
+    d = make(arch, **kwargs)
     d.set_scales_(2.5, 2.5)
     x = torch.randn(20, 12) * 3
     expected_codes, expected = d.encode(x) / 2.5, d(x)
+    assert 0 < float((expected_codes != 0).float().mean()) < 1  # the sparsifier and its threshold act
     loaded = Dictionary.load(d.save(tmp_path / "sae"))
     assert type(loaded) is type(d)
+    assert loaded.config() == d.config()
     assert float(loaded.input_scale) == 1.0
     assert torch.allclose(loaded(x), expected, atol=1e-5)
     assert torch.allclose(loaded.encode(x), expected_codes, atol=1e-5)
@@ -36,8 +58,11 @@ def test_save_load_gives_identical_outputs_with_scale_folded(tmp_path: Path, arc
     assert sorted(p.name for p in (tmp_path / "sae").iterdir()) == ["config.json", "weights.safetensors"]
 
 
-def test_transcoder_with_skip_round_trips_with_different_scales(tmp_path: Path) -> None:
-    d = make("topk", k=4, d_out=8, hook_out="layers.1.mlp_out", skip=True)
+@pytest.mark.parametrize(("arch", "kwargs"), [("topk", {"k": 4}), ("jumprelu", {}), ("matryoshka", {"k": 4})])
+def test_transcoder_with_skip_round_trips_with_different_scales(
+    tmp_path: Path, arch: str, kwargs: dict[str, object]
+) -> None:
+    d = make(arch, d_out=8, hook_out="layers.1.mlp_out", skip=True, **kwargs)
     with torch.no_grad():
         d.W_skip.normal_()
     d.set_scales_(2.0, 0.5)

@@ -5,12 +5,16 @@ import torch
 
 from featurelens.dictionaries import DictionaryError
 from featurelens.training import TrainConfig, fraction_variance_unexplained, l0, train_dictionary
-from tests.dictionaries.planted import mean_max_cosine, planted_batches, planted_directions
+from tests.dictionaries.planted import mean_max_cosine, planted_batches, planted_directions, single_threaded
 
 STEPS = 200
 # Bars for 200 steps of 1024 rows; measured mean max-cosine: TopK 0.989, BatchTopK 0.831 (it needs more
-# steps: 0.86 at 300). ReLU + L1 does not yet recover this data in 200 steps, so it has no bar here.
-BARS = {"topk": 0.9, "batchtopk": 0.8}
+# steps: 0.86 at 300), ReLU + L1 steered towards L0 4 0.989 (its L0 is still ~11 after 200 steps; see
+# test_planted_archs.py for the L0 reached, JumpReLU, Matryoshka and transcoders).
+BARS = {"topk": 0.9, "batchtopk": 0.8, "relu": 0.9}
+OVERRIDES: dict[str, dict[str, object]] = {"relu": {"target_l0": 4.0, "sparsity_coefficient": 1.0}}
+
+one_thread = pytest.fixture(autouse=True, scope="module")(single_threaded)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +43,7 @@ def test_planted_directions_are_recovered(
     planted: tuple[torch.Tensor, list[torch.Tensor]], arch: str
 ) -> None:
     directions, batches = planted
-    result = train_dictionary(config(arch), batches)
+    result = train_dictionary(config(arch, **OVERRIDES.get(arch, {})), batches)
     score = mean_max_cosine(directions, result.dictionary.W_dec.detach())
     print(f"{arch}: mean max-cosine {score:.3f}, FVU {result.fvu:.3f}, L0 {result.l0:.1f}")
     assert score >= BARS[arch]

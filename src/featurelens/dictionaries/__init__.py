@@ -2,6 +2,8 @@
 
 from featurelens.dictionaries.base import Dictionary, DictionaryError, TrainingOutput
 from featurelens.dictionaries.batchtopk import BatchTopKDictionary
+from featurelens.dictionaries.jumprelu import JumpReLUDictionary
+from featurelens.dictionaries.matryoshka import MatryoshkaDictionary
 from featurelens.dictionaries.registry import ARCHITECTURES, build_dictionary, dictionary_class
 from featurelens.dictionaries.relu import ReLUDictionary
 from featurelens.dictionaries.topk import TopKDictionary
@@ -11,6 +13,8 @@ __all__ = [
     "BatchTopKDictionary",
     "Dictionary",
     "DictionaryError",
+    "JumpReLUDictionary",
+    "MatryoshkaDictionary",
     "ReLUDictionary",
     "TopKDictionary",
     "TrainingOutput",

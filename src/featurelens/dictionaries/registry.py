@@ -6,11 +6,20 @@ from typing import Any
 
 from featurelens.dictionaries.base import Dictionary, DictionaryError
 from featurelens.dictionaries.batchtopk import BatchTopKDictionary
+from featurelens.dictionaries.jumprelu import JumpReLUDictionary
+from featurelens.dictionaries.matryoshka import MatryoshkaDictionary
 from featurelens.dictionaries.relu import ReLUDictionary
 from featurelens.dictionaries.topk import TopKDictionary
 
 ARCHITECTURES: dict[str, type[Dictionary]] = {
-    cls.arch: cls for cls in (TopKDictionary, BatchTopKDictionary, ReLUDictionary)
+    cls.arch: cls
+    for cls in (
+        TopKDictionary,
+        BatchTopKDictionary,
+        MatryoshkaDictionary,
+        ReLUDictionary,
+        JumpReLUDictionary,
+    )
 }
 
 
