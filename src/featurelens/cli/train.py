@@ -30,7 +30,7 @@ from featurelens.capture import ActivationStore
 from featurelens.corpus import CorpusConfig
 from featurelens.dictionaries.base import DictionaryError
 from featurelens.dictionaries.registry import ARCHITECTURES
-from featurelens.training.config import ENCODER_DTYPES, TrainConfig
+from featurelens.training.config import ENCODER_DTYPES, K_ARCHITECTURES, TrainConfig
 from featurelens.training.from_store import SavedDictionary, StoreTraining, train_on_store
 from featurelens.training.live import LiveTraining, train_live
 from featurelens.training.state import StepMetrics, TrainingRun
@@ -117,7 +117,7 @@ def add_dictionary_arguments(parser: argparse.ArgumentParser, defaults: TrainCon
 
 def configs_from_args(args: argparse.Namespace, hook_in: str, hook_out: str | None) -> list[TrainConfig]:
     """One config per combination of the list-valued options."""
-    k_values = args.k if args.arch in ("topk", "batchtopk", "matryoshka") else args.k[:1]
+    k_values = args.k if args.arch in K_ARCHITECTURES else args.k[:1]
     combos = itertools.product(k_values, args.expansion, args.lr, args.target_l0)
     return [
         TrainConfig(
