@@ -32,17 +32,18 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch
+from machine import versions
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 LAYER = 15
+PACKAGES = ("torch", "transformers", "featurelens", "transformer-lens", "nnsight")
 HOOK = f"layers.{LAYER}.resid_post"
 TL_HOOK = f"blocks.{LAYER}.hook_resid_post"
 TL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"  # only names the architecture: config comes from hf_model
@@ -193,16 +194,6 @@ def print_table(rows: list[Row], reference_max: float) -> None:
     print("TransformerLens runs its copy with eager attention, so it differs from sdpa by float rounding.")
 
 
-def versions() -> str:
-    found = []
-    for package in ("torch", "transformers", "featurelens", "transformer-lens", "nnsight"):
-        try:
-            found.append(f"{package} {metadata.version(package)}")
-        except metadata.PackageNotFoundError:
-            found.append(f"{package} missing")
-    return ", ".join(found)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -219,7 +210,7 @@ def main() -> None:
     n_batches = max(1, args.tokens // (args.batch_size * args.seq_len))
     shape = (args.batch_size, args.seq_len)
     batches = [torch.randint(0, vocab, shape, generator=generator) for _ in range(n_batches)]
-    print(f"{versions()}; {torch.get_num_threads()} threads")
+    print(f"{versions(PACKAGES)}; {torch.get_num_threads()} threads")
     print(
         f"{n_batches} timed batches of {args.batch_size} x {args.seq_len} tokens (+1 warm-up), model {path}"
     )
