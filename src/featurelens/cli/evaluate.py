@@ -109,8 +109,9 @@ def evaluate_folder(
     return evaluation
 
 
-def print_evaluation(evaluation: Evaluation, console: Console) -> None:
-    table = Table(show_header=False, box=None, title="evaluation on held-out tokens")
+def print_evaluation(evaluation: Evaluation, console: Console, *, held_out: bool = True) -> None:
+    title = "evaluation on held-out tokens" if held_out else "evaluation (text not known to be held out)"
+    table = Table(show_header=False, box=None, title=title)
     rec = evaluation.reconstruction
     table.add_row("tokens measured", f"{rec.n_tokens:,}")
     table.add_row("fraction of variance unexplained", f"{rec.fvu:.4f}")
@@ -146,5 +147,7 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(evaluation.to_dict(), indent=2))
     else:
-        print_evaluation(evaluation, console)
+        training = read_training(path) if path.is_dir() else None
+        held_out = args.corpus is None and training is not None and "captured_tokens" in training
+        print_evaluation(evaluation, console, held_out=held_out)
     return 0
