@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -57,13 +58,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_evaluation_arguments(parser)
 
 
-def trained_with(folder: Path, config: TrainConfig) -> bool:
-    """True when ``folder`` holds a finished dictionary trained with ``config`` (its step count aside)."""
+def trained_with(folder: Path, config: TrainConfig, manifest: dict[str, Any]) -> bool:
+    """True when ``folder`` holds a finished dictionary trained with ``config`` (its step count aside) on
+    the capture described by the store ``manifest``."""
     training = read_training(folder) if is_finished(folder) else None
     if training is None:
         return False
+    same_capture = (training.get("model"), training.get("corpus"), training.get("captured_tokens")) == (
+        manifest["model"]["spec"],
+        manifest["corpus"],
+        manifest["config"]["n_tokens"],
+    )
     wanted = {**config.to_dict(), "steps": None}
-    return bool({**training["train_config"], "steps": None} == json_roundtrip(wanted))
+    return same_capture and {**training["train_config"], "steps": None} == json_roundtrip(wanted)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -92,7 +99,8 @@ def main(args: argparse.Namespace) -> int:
     if len(configs) > 1:
         raise DictionaryError("featurelens run trains one dictionary; sweep several with featurelens train")
     sae = out / "sae"
-    if not args.overwrite and trained_with(sae, configs[0]):
+    manifest = ActivationStore.open(config.out).manifest
+    if not args.overwrite and trained_with(sae, configs[0], manifest):
         console.print(f"reusing the trained dictionary in {sae}")
     else:
         retrain = args.overwrite or is_finished(sae)  # a finished one with other settings is replaced
