@@ -68,8 +68,11 @@ def evaluate_folder(
     corpus: str | None = None,
     seq_len: int | None = None,
     device: str | None = None,
-) -> Evaluation:
-    """Evaluate the dictionary in ``path`` on held-out text and write ``path/evaluation.json``."""
+) -> tuple[Evaluation, bool]:
+    """Evaluate the dictionary in ``path`` and write ``path/evaluation.json``.
+
+    Returns the evaluation and whether its text is held out (the training corpus after the captured part).
+    """
     if tokens < 1:
         raise DictionaryError(f"--tokens must be a positive number of tokens, got {tokens}")
     if batch_size < 1:
@@ -106,10 +109,10 @@ def evaluate_folder(
     }
     if path.is_dir() and (path / "config.json").is_file():
         write_json_atomic(path / EVALUATION, record)
-    return evaluation
+    return evaluation, held_out
 
 
-def print_evaluation(evaluation: Evaluation, console: Console, *, held_out: bool = True) -> None:
+def print_evaluation(evaluation: Evaluation, console: Console, *, held_out: bool) -> None:
     title = "evaluation on held-out tokens" if held_out else "evaluation (text not known to be held out)"
     table = Table(show_header=False, box=None, title=title)
     rec = evaluation.reconstruction
@@ -133,7 +136,7 @@ def print_evaluation(evaluation: Evaluation, console: Console, *, held_out: bool
 def main(args: argparse.Namespace) -> int:
     console = Console(stderr=args.json)
     path = Path(args.path)
-    evaluation = evaluate_folder(
+    evaluation, held_out = evaluate_folder(
         path,
         console,
         tokens=args.eval_tokens,
@@ -147,7 +150,5 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(evaluation.to_dict(), indent=2))
     else:
-        training = read_training(path) if path.is_dir() else None
-        held_out = args.corpus is None and training is not None and "captured_tokens" in training
         print_evaluation(evaluation, console, held_out=held_out)
     return 0

@@ -16,6 +16,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -112,11 +113,11 @@ def main(args: argparse.Namespace) -> int:
             overwrite=retrain,
             device=args.device,
         )
-        saved = train_with_progress(lambda on_step: train_on_store(job, configs, on_step), console)
+        saved = train_with_progress(partial(train_on_store, job, configs), console)
         print_results(saved, console)
 
     console.rule("[bold]3. evaluate")
-    evaluation = evaluate_folder(
+    evaluation, held_out = evaluate_folder(
         sae,
         console,
         tokens=args.eval_tokens,
@@ -124,5 +125,5 @@ def main(args: argparse.Namespace) -> int:
         with_loss=not args.no_loss,
         device=args.device,
     )
-    print_evaluation(evaluation, console)
+    print_evaluation(evaluation, console, held_out=held_out)
     return 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import itertools
 from collections.abc import Callable
+from functools import partial
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -196,40 +197,35 @@ def print_results(saved: list[SavedDictionary], console: Console) -> None:
 
 def main(args: argparse.Namespace) -> int:
     console = Console()
+    output_options = {
+        "out": args.out,
+        "checkpoint_every": args.checkpoint_every,
+        "resume": args.resume,
+        "overwrite": args.overwrite,
+        "device": args.device,
+    }
+    train: Callable[[StepCallback], list[SavedDictionary]]
     if args.model:
         if not args.hook:
             raise DictionaryError("live training needs --hook (see `featurelens hooks --model ...`)")
+        corpus = CorpusConfig(spec=args.corpus)
         live = LiveTraining(
-            out=args.out,
-            checkpoint_every=args.checkpoint_every,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            device=args.device,
-            model=args.model,
-            tokens=args.tokens,
-            corpus=CorpusConfig(spec=args.corpus),
-            seq_len=args.seq_len,
+            **output_options, model=args.model, tokens=args.tokens, corpus=corpus, seq_len=args.seq_len
         )
         configs = configs_from_args(args, args.hook, args.hook_out)
-        saved = train_with_progress(lambda on_step: train_live(live, configs, on_step), console)
-        print_results(saved, console)
-        console.print(f"evaluate in the model with: featurelens evaluate {saved[0].path}")
-        return 0
-    hook_in = default_hook(args.acts, args.hook)
-    job = StoreTraining(
-        acts=args.acts,
-        out=args.out,
-        epochs=args.epochs,
-        steps=args.steps,
-        holdout_tokens=args.holdout,
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        device=args.device,
-        keep_outliers=args.keep_outliers,
-    )
-    configs = configs_from_args(args, hook_in, args.hook_out)
-    saved = train_with_progress(lambda on_step: train_on_store(job, configs, on_step), console)
+        train = partial(train_live, live, configs)
+    else:
+        job = StoreTraining(
+            **output_options,
+            acts=args.acts,
+            epochs=args.epochs,
+            steps=args.steps,
+            holdout_tokens=args.holdout,
+            keep_outliers=args.keep_outliers,
+        )
+        configs = configs_from_args(args, default_hook(args.acts, args.hook), args.hook_out)
+        train = partial(train_on_store, job, configs)
+    saved = train_with_progress(train, console)
     print_results(saved, console)
     console.print(f"evaluate in the model with: featurelens evaluate {saved[0].path}")
     return 0
