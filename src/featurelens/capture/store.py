@@ -20,7 +20,7 @@ import errno
 import json
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -235,26 +235,43 @@ class ActivationStore:
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         order = rng.permutation(len(pieces)) if shuffle else np.arange(len(pieces))
         dtype = self.manifest["dtype"]
-        carry: list[np.ndarray] = []  # rows short of a full batch, carried into the next buffer
-        for first_piece in range(0, len(order), buffer_shards):
-            chosen = [pieces[i] for i in order[first_piece : first_piece + buffer_shards]]
-            buffers = [np.concatenate([hook_shards[i][a:b] for i, a, b in chosen]) for hook_shards in shards]
-            if keep is not None:
-                kept = np.concatenate([keep[offsets[i] + a : offsets[i] + b] for i, a, b in chosen])
-                buffers = [buffer[kept] for buffer in buffers]
-            if shuffle:
-                permutation = rng.permutation(len(buffers[0]))
-                buffers = [buffer[permutation] for buffer in buffers]
-            if carry:
-                buffers = [
-                    np.concatenate([rest, buffer]) for rest, buffer in zip(carry, buffers, strict=True)
+
+        def buffers() -> Iterator[list[np.ndarray]]:
+            for first_piece in range(0, len(order), buffer_shards):
+                chosen = [pieces[i] for i in order[first_piece : first_piece + buffer_shards]]
+                columns = [
+                    np.concatenate([hook_shards[i][a:b] for i, a, b in chosen]) for hook_shards in shards
                 ]
-            full = len(buffers[0]) - len(buffers[0]) % batch_size
-            for first in range(0, full, batch_size):
-                yield tuple(from_storage(b[first : first + batch_size], dtype).float() for b in buffers)
-            carry = [buffer[full:] for buffer in buffers]
-        if carry and len(carry[0]):
-            yield tuple(from_storage(rest, dtype).float() for rest in carry)
+                if keep is not None:
+                    kept = np.concatenate([keep[offsets[i] + a : offsets[i] + b] for i, a, b in chosen])
+                    columns = [column[kept] for column in columns]
+                yield columns
+
+        for batch in rebatch(buffers(), batch_size, rng if shuffle else None):
+            yield tuple(from_storage(column, dtype).float() for column in batch)
+
+
+def rebatch(
+    buffers: Iterable[list[np.ndarray]], batch_size: int, rng: np.random.Generator | None
+) -> Iterator[list[np.ndarray]]:
+    """Batches of ``batch_size`` rows (only the last smaller) from buffers of aligned columns [rows, ...].
+
+    With ``rng`` each buffer's rows are shuffled (the same permutation for every column); rows short of
+    a full batch carry over into the next buffer.
+    """
+    carry: list[np.ndarray] = []
+    for columns in buffers:
+        if rng is not None:
+            permutation = rng.permutation(len(columns[0]))
+            columns = [column[permutation] for column in columns]
+        if carry:
+            columns = [np.concatenate([rest, column]) for rest, column in zip(carry, columns, strict=True)]
+        full = len(columns[0]) - len(columns[0]) % batch_size
+        for first in range(0, full, batch_size):
+            yield [column[first : first + batch_size] for column in columns]
+        carry = [column[full:] for column in columns]
+    if carry and len(carry[0]):
+        yield carry
 
 
 def _pieces(lengths: list[int], start: int, stop: int) -> list[tuple[int, int, int]]:

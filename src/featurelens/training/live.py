@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from featurelens.capture.run import special_token_ids, stored_positions
+from featurelens.capture.store import rebatch
 from featurelens.corpus import CorpusConfig, documents, pack_sequences
 from featurelens.dictionaries.base import DictionaryError
 from featurelens.dictionaries.topk import check_k
@@ -49,8 +50,8 @@ class LiveTraining(TrainingJob):
             raise DictionaryError("--seq-len must be >= 2, the model batch size and buffer size positive")
 
 
-def live_rows(lm: LanguageModel, hooks: list[str], job: LiveTraining) -> Iterator[list[torch.Tensor]]:
-    """Per forward pass, the kept rows of each hook: [rows, width] tensors, all with the same rows."""
+def live_rows(lm: LanguageModel, hooks: list[str], job: LiveTraining) -> Iterator[list[np.ndarray]]:
+    """Per forward pass, the kept rows of each hook: float32 [rows, width] arrays, all with the same rows."""
     n_sequences = math.ceil(job.tokens / job.seq_len)
     packed = islice(pack_sequences(documents(job.corpus), lm.tokenizer, job.seq_len), n_sequences)
     special = special_token_ids(lm.tokenizer)
@@ -63,36 +64,31 @@ def live_rows(lm: LanguageModel, hooks: list[str], job: LiveTraining) -> Iterato
         if limits is None:  # outlier limits from the first pass, fixed from then on
             limits = [OUTLIER_MULTIPLE * float(r.norm(dim=1).median()) for r in rows]
         typical = torch.stack([r.norm(dim=1) <= limit for r, limit in zip(rows, limits, strict=True)]).all(0)
-        yield [r[typical] for r in rows]
+        yield [r[typical].numpy() for r in rows]
+
+
+def filled_buffers(parts: Iterator[list[np.ndarray]], buffer_tokens: int) -> Iterator[list[np.ndarray]]:
+    """Join aligned row chunks into buffers of at least ``buffer_tokens`` rows (the last may be short)."""
+    pending: list[list[np.ndarray]] = []
+    held = 0
+    for part in parts:
+        pending.append(part)
+        held += len(part[0])
+        if held >= buffer_tokens:
+            yield [np.concatenate(columns) for columns in zip(*pending, strict=True)]
+            pending, held = [], 0
+    if pending:
+        yield [np.concatenate(columns) for columns in zip(*pending, strict=True)]
 
 
 def shuffled_batches(
-    parts: Iterator[list[torch.Tensor]], batch_size: int, buffer_tokens: int, seed: int
+    parts: Iterator[list[np.ndarray]], batch_size: int, buffer_tokens: int, seed: int
 ) -> Iterator[Batch]:
     """Shuffle aligned row chunks through a buffer of ``buffer_tokens`` rows; yield full batches."""
-    generator = torch.Generator().manual_seed(seed)
-    pending: list[list[torch.Tensor]] = []
-    held = 0
-    exhausted = False
-    while not exhausted:
-        part = next(parts, None)
-        exhausted = part is None
-        if part is not None:
-            pending.append(part)
-            held += len(part[0])
-        if held < buffer_tokens and not exhausted:
-            continue
-        buffer = [torch.cat(columns) for columns in zip(*pending, strict=True)] if pending else []
-        if not buffer:
-            return
-        order = torch.randperm(len(buffer[0]), generator=generator)
-        buffer = [column[order] for column in buffer]
-        full = len(order) - len(order) % batch_size if not exhausted else len(order)
-        for first in range(0, full, batch_size):
-            batch = [column[first : first + batch_size] for column in buffer]
-            yield batch[0] if len(batch) == 1 else (batch[0], batch[1])
-        pending = [[column[full:] for column in buffer]] if full < len(order) else []
-        held = len(order) - full
+    rng = np.random.default_rng(seed)
+    for batch in rebatch(filled_buffers(parts, buffer_tokens), batch_size, rng):
+        tensors = [torch.from_numpy(column) for column in batch]
+        yield tensors[0] if len(tensors) == 1 else (tensors[0], tensors[1])
 
 
 def train_live(
