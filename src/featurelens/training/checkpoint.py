@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from featurelens.capture.run import json_roundtrip
 from featurelens.dictionaries.base import DictionaryError
 from featurelens.training.config import TrainConfig
 from featurelens.training.state import TrainingRun
@@ -73,12 +74,12 @@ def load_checkpoint(
     if state.get("format") != FORMAT:
         raise DictionaryError(f"{folder} is not a featurelens checkpoint")
     wanted = [config.to_dict() for config in configs]
-    if _jsonable(wanted) != state["configs"]:
+    if json_roundtrip(wanted) != state["configs"]:
         raise DictionaryError(
             f"checkpoint {folder} was written by a run with other settings; "
             "repeat that run's options to resume it, or pass --overwrite to start over"
         )
-    if _jsonable(source) != state["source"]:
+    if json_roundtrip(source) != state["source"]:
         raise DictionaryError(
             f"checkpoint {folder} was trained on other activations ({state['source']}); pass --overwrite"
         )
@@ -90,7 +91,3 @@ def load_checkpoint(
             raise DictionaryError(f"checkpoint {folder} is damaged ({error}); pass --overwrite") from None
         runs.append(TrainingRun.restore(config, tensors, run_state, device))
     return runs
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value))
