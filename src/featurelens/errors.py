@@ -22,3 +22,7 @@ class CorpusError(FeatureLensError):
 
 class StoreError(FeatureLensError):
     """An activation store that is missing, incomplete, mismatched or unwritable."""
+
+
+class AtlasError(FeatureLensError):
+    """An atlas that cannot be built or read, or a feature it does not hold."""

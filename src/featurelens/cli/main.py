@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from featurelens.cli import capture, evaluate, export, hooks, info, run, train
+from featurelens.cli import atlas, capture, evaluate, export, hooks, info, run, show, train
 from featurelens.errors import FeatureLensError
 
 VERBS = {
@@ -16,6 +16,8 @@ VERBS = {
     "capture": capture,
     "train": train,
     "evaluate": evaluate,
+    "atlas": atlas,
+    "show": show,
     "export": export,
     "hooks": hooks,
     "info": info,
@@ -29,6 +31,8 @@ The loop, one verb per stage:
   capture   record hidden activations of any HF model into an on-disk store
   train     train sparse dictionaries (TopK/BatchTopK/JumpReLU/ReLU SAEs, transcoders) on a store
   evaluate  measure a dictionary: FVU, L0, dead latents, the model's loss with it spliced in
+  atlas     map every feature: densities, top contexts, logit effects, neighbours (SQLite)
+  show      a feature card, an atlas overview or a search, in the terminal
   export    convert a dictionary to SAELens or sparsify format (and back)
   hooks     list a model's hook points with their shapes
   info      summarise an activation store

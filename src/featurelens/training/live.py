@@ -13,22 +13,19 @@ import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
 
 import numpy as np
 import torch
 
-from featurelens.capture.run import special_token_ids, stored_positions
+from featurelens.capture.live import live_rows
 from featurelens.capture.store import rebatch
-from featurelens.corpus import CorpusConfig, documents, pack_sequences
+from featurelens.corpus import CorpusConfig
 from featurelens.dictionaries.base import DictionaryError
 from featurelens.dictionaries.topk import check_k
-from featurelens.models import LanguageModel, load_model
+from featurelens.models import load_model
 from featurelens.training.config import K_ARCHITECTURES, TrainConfig
 from featurelens.training.from_store import SavedDictionary, TrainingJob, fit_and_save
 from featurelens.training.trainer import Batch, StepCallback
-
-OUTLIER_MULTIPLE = 10.0
 
 
 @dataclass(frozen=True)
@@ -48,23 +45,6 @@ class LiveTraining(TrainingJob):
             raise DictionaryError(f"--tokens must be a positive number of tokens, got {self.tokens}")
         if self.seq_len < 2 or self.model_batch_size < 1 or self.buffer_tokens < 1:
             raise DictionaryError("--seq-len must be >= 2, the model batch size and buffer size positive")
-
-
-def live_rows(lm: LanguageModel, hooks: list[str], job: LiveTraining) -> Iterator[list[np.ndarray]]:
-    """Per forward pass, the kept rows of each hook: float32 [rows, width] arrays, all with the same rows."""
-    n_sequences = math.ceil(job.tokens / job.seq_len)
-    packed = islice(pack_sequences(documents(job.corpus), lm.tokenizer, job.seq_len), n_sequences)
-    special = special_token_ids(lm.tokenizer)
-    limits: list[float] | None = None
-    while chunk := list(islice(packed, job.model_batch_size)):
-        tokens = np.stack([sequence.tokens for sequence in chunk])
-        mask = torch.from_numpy(stored_positions(tokens, 1, special))
-        acts = lm.capture(torch.from_numpy(tokens).long(), hooks)
-        rows = [acts[hook].float().cpu()[mask] for hook in hooks]
-        if limits is None:  # outlier limits from the first pass, fixed from then on
-            limits = [OUTLIER_MULTIPLE * float(r.norm(dim=1).median()) for r in rows]
-        typical = torch.stack([r.norm(dim=1) <= limit for r, limit in zip(rows, limits, strict=True)]).all(0)
-        yield [r[typical].numpy() for r in rows]
 
 
 def filled_buffers(parts: Iterator[list[np.ndarray]], buffer_tokens: int) -> Iterator[list[np.ndarray]]:
@@ -105,7 +85,13 @@ def train_live(
     rows = job.tokens * (job.seq_len - 1) // job.seq_len  # position 0 of every sequence is left out
     steps = math.ceil(rows / first.batch_size)  # special tokens and outliers may end the stream a bit sooner
     configs = [dataclasses.replace(config, steps=steps) for config in configs]
-    batches = shuffled_batches(live_rows(lm, hooks, job), first.batch_size, job.buffer_tokens, first.seed)
+    parts = (
+        rows.activations
+        for rows in live_rows(
+            lm, hooks, job.corpus, seq_len=job.seq_len, n_tokens=job.tokens, batch_size=job.model_batch_size
+        )
+    )
+    batches = shuffled_batches(parts, first.batch_size, job.buffer_tokens, first.seed)
     source = {
         "model": job.model,
         "corpus": dataclasses.asdict(job.corpus),
