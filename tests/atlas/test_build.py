@@ -8,61 +8,18 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 import featurelens as fl
 from featurelens.atlas import Atlas, AtlasJob, AtlasSettings, build_atlas
 from featurelens.atlas.accumulate import HISTOGRAM_EDGES
 from featurelens.atlas.write import partial_path
-from featurelens.capture.store import FORMAT, ShardRows, StoreWriter
 from featurelens.dictionaries import TopKDictionary
 from featurelens.errors import AtlasError
+from tests.atlas.conftest import HOOK, SEQ, WIDTH, magnitude
 
-HOOK = "layers.1.resid_post"
-WIDTH, SEQ, N_SEQ = 32, 64, 40
 SETTINGS = AtlasSettings(
     top_k=6, before=4, after=2, quantile_bins=4, per_bin=3, negatives=5, chunk_tokens=300
 )
-
-
-def magnitude(token: int) -> float:
-    return 1.0 + token / 4  # exact in binary
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Any]:
-    """A store where the activation of token t < 32 is magnitude(t) * e_t (others: -0.5 everywhere), and
-    a TopK k=1 dictionary with identity encoder and decoder: latent j fires exactly on token j."""
-    root = tmp_path_factory.mktemp("planted")
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, 48, size=(N_SEQ, SEQ - 1)).astype(np.int32)
-    flat = tokens.reshape(-1)
-    acts = np.full((len(flat), WIDTH), -0.5, dtype=np.float32)
-    planted_rows = np.flatnonzero(flat < WIDTH)
-    acts[planted_rows] = 0.0
-    acts[planted_rows, flat[planted_rows]] = [magnitude(t) for t in flat[planted_rows]]
-    positions = np.tile(np.arange(1, SEQ, dtype=np.int32), N_SEQ)
-    manifest = {
-        "format": FORMAT,
-        "model": {"spec": str(tiny_model_dir)},
-        "hooks": {HOOK: {"width": WIDTH}},
-        "dtype": "float32",
-        "seq_len": SEQ,
-        "corpus": {"spec": "bundled"},
-        "config": {},
-    }
-    writer = StoreWriter(root / "acts", manifest)
-    rows = ShardRows(flat, np.zeros_like(flat), positions, {HOOK: acts}, {HOOK: np.linalg.norm(acts, axis=1)})
-    writer.write_shard(0, rows)
-    writer.finish(1, 10.0)
-    dictionary = TopKDictionary(WIDTH, WIDTH, k=1, hook_in=HOOK)
-    with torch.no_grad():
-        for weight in (dictionary.W_enc, dictionary.W_dec):
-            weight.copy_(torch.eye(WIDTH))
-        dictionary.b_enc.zero_()
-        dictionary.b_dec.zero_()
-    dictionary.save(root / "sae")
-    return {"root": root, "tokens": flat, "model": str(tiny_model_dir)}
 
 
 def build(planted: dict[str, Any], out: Path, **overrides: Any) -> Path:

@@ -281,6 +281,7 @@ def _meta(
         "source": "store" if plan.store is not None else "live",
         "acts": str(plan.store.path.resolve()) if plan.store is not None else None,
         "tokens": accumulator.rows,
+        "tokens_requested": job.tokens,
         "max_norm": plan.max_norm,
         "settings": asdict(job.settings),
         "histogram_edges": HISTOGRAM_EDGES,

@@ -34,11 +34,11 @@ Tables (``row`` always means a row of ``tokens``: one token the dictionary saw, 
     search         FTS5(top_tokens, output_tokens, explanations); rowid = feature id
 
 ``meta`` keys: format (``featurelens.atlas``), version, complete (true, written last), kind (``dictionary``
-or ``neurons``), dictionary, arch, hook_in, hook_out, d_latent, model, corpus, seq_len, source (``store`` or
-``live``), acts, tokens (rows measured), settings, histogram_edges, output_effects (how the final norm was
-applied, or why there are none), input_effects, cooccurrence (``exact`` or why it was skipped),
-evaluation (the dictionary's evaluation.json, if any), training (held-out metrics, if any),
-featurelens_version, created.
+or ``neurons``), dictionary, arch, hook_in, hook_out, d_in, d_latent, model, corpus, seq_len, source
+(``store`` or ``live``), acts, tokens (rows measured), tokens_requested, max_norm (rows above it were left
+out), settings, histogram_edges, output_effects (how the final norm was applied, or why there are none),
+input_effects, cooccurrence (``exact`` or why it was skipped), evaluation (the dictionary's
+evaluation.json, if any), training (held-out metrics, if any), featurelens_version, created.
 """
 
 from __future__ import annotations
