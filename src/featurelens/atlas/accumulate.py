@@ -63,9 +63,32 @@ class AtlasSettings:
         return self.quantile_bins * self.per_bin
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """Codes [n, L] of n consecutive rows, with each row's global row index and sequence bounds [n].
+
+    ``start``/``stop`` are chunk-local: row i's sequence spans rows ``start[i] .. stop[i] - 1``.
+    """
+
+    codes: torch.Tensor
+    first_row: int
+    start: torch.Tensor
+    stop: torch.Tensor
+
+    def windows(self, rows: torch.Tensor, latents: torch.Tensor, before: int, after: int) -> torch.Tensor:
+        """Activations [m, W] of ``latents`` [m] on the rows around chunk-local ``rows`` [m] (0 outside
+        the row's sequence)."""
+        n, d_latent = self.codes.shape
+        around = rows[:, None] + torch.arange(-before, after + 1)
+        inside = (around >= self.start[rows][:, None]) & (around < self.stop[rows][:, None])
+        flat = around.clamp(0, n - 1) * d_latent + latents[:, None]
+        return torch.where(inside, self.codes.reshape(-1)[flat], 0.0)
+
+
 @dataclass
 class Selection:
-    """Up to k chosen rows per latent, best score first: score, row, activation [k, L]; windows [k, L, W].
+    """Up to k chosen rows per latent, best score first: score (float64), row, activation [k, L]; windows
+    [k, L, W].
 
     An empty slot has score -inf and row -1. ``window[j, l]`` holds latent l's activations on the rows
     ``row - before .. row + after`` (0 outside the row's sequence).
@@ -79,35 +102,38 @@ class Selection:
     @classmethod
     def empty(cls, k: int, d_latent: int, width: int) -> Selection:
         return cls(
-            torch.full((k, d_latent), -math.inf),
+            torch.full((k, d_latent), -math.inf, dtype=torch.float64),
             torch.full((k, d_latent), -1, dtype=torch.long),
             torch.zeros(k, d_latent),
             torch.zeros(k, d_latent, width),
         )
 
-    def merged(self, other: Selection) -> Selection:
-        """The best k of both, per latent (ties keep the earlier selection first)."""
+    def merged(
+        self,
+        score: torch.Tensor,
+        row: torch.Tensor,
+        value: torch.Tensor,
+        chunk: Chunk,
+        before: int,
+        after: int,
+    ) -> Selection:
+        """The best k per latent of this selection and a chunk's candidates (score, chunk-local row,
+        value [k', L]; row -1 = none). Windows are cut only for the candidates that make it in; ties keep
+        the earlier selection first."""
         k = self.score.shape[0]
-        score = torch.cat([self.score, other.score])
-        best = score.topk(min(k, score.shape[0]), dim=0).indices
-        row = torch.cat([self.row, other.row]).gather(0, best)
-        value = torch.cat([self.value, other.value]).gather(0, best)
+        scores = torch.cat([self.score, score])
+        best = scores.topk(k, dim=0).indices
+        global_row = torch.where(row >= 0, row + chunk.first_row, -1)
+        merged_row = torch.cat([self.row, global_row]).gather(0, best)
         width = self.window.shape[2]
-        window = torch.cat([self.window, other.window]).gather(0, best[:, :, None].expand(-1, -1, width))
-        return Selection(score.gather(0, best), row, value, window)
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """Codes [n, L] of n consecutive rows, with each row's global row index and sequence bounds [n].
-
-    ``start``/``stop`` are chunk-local: row i's sequence spans rows ``start[i] .. stop[i] - 1``.
-    """
-
-    codes: torch.Tensor
-    first_row: int
-    start: torch.Tensor
-    stop: torch.Tensor
+        window = self.window.gather(0, best.clamp(max=k - 1)[:, :, None].expand(-1, -1, width))
+        arrived = (best >= k) & (merged_row >= 0)
+        if width and arrived.any():
+            slots, latents = arrived.nonzero(as_tuple=True)
+            local = merged_row[slots, latents] - chunk.first_row
+            window[slots, latents] = chunk.windows(local, latents, before, after)
+        value = torch.cat([self.value, value]).gather(0, best)
+        return Selection(scores.gather(0, best), merged_row, value, window)
 
 
 def sequence_bounds(sequences: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,25 +145,11 @@ def sequence_bounds(sequences: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(edges[:-1][run]).long(), torch.from_numpy(edges[1:][run]).long()
 
 
-def window_values(chunk: Chunk, rows: torch.Tensor, before: int, after: int) -> torch.Tensor:
-    """Activations [k, L, W] of each latent around chunk-local ``rows`` [k, L] (-1 = empty slot -> 0)."""
-    n, d_latent = chunk.codes.shape
-    offsets = torch.arange(-before, after + 1)
-    safe = rows.clamp_min(0)
-    around = safe[:, :, None] + offsets
-    inside = (around >= chunk.start[safe][:, :, None]) & (around < chunk.stop[safe][:, :, None])
-    inside &= (rows >= 0)[:, :, None]
-    flat = around.clamp(0, n - 1) * d_latent + torch.arange(d_latent)[None, :, None]
-    return torch.where(inside, chunk.codes.reshape(-1)[flat], 0.0)
-
-
-def best_per_latent(latents: torch.Tensor, scores: torch.Tensor, k: int, d_latent: int) -> torch.Tensor:
-    """Indices [k, L] into the entries (``latents``, ``scores`` [m]) of each latent's k best scores, -1 pads.
-
-    Stable: equal scores keep entry order.
-    """
-    by_score = torch.sort(scores, descending=True, stable=True).indices
-    order = by_score[torch.sort(latents[by_score], stable=True).indices]
+def best_per_latent(latents: torch.Tensor, order_key: torch.Tensor, k: int, d_latent: int) -> torch.Tensor:
+    """Indices [k, L] into entries (``latents`` [m]) of each latent's k entries with the smallest
+    ``order_key`` [m] (int64, 0 <= key < 2**32), -1 where a latent has fewer. One int64 sort; equal keys
+    keep entry order."""
+    order = torch.sort(latents * 2**32 + order_key, stable=True).indices
     grouped = latents[order]
     counts = torch.bincount(grouped, minlength=d_latent)
     group_start = torch.cumsum(counts, 0) - counts
@@ -148,25 +160,23 @@ def best_per_latent(latents: torch.Tensor, scores: torch.Tensor, k: int, d_laten
     return slots
 
 
-def entry_selection(
-    chunk: Chunk,
-    rows: torch.Tensor,
-    latents: torch.Tensor,
-    scores: torch.Tensor,
-    k: int,
-    settings: AtlasSettings,
-) -> Selection:
-    """A chunk's candidates: the k best-scoring entries (``rows``, ``latents``, ``scores`` [m]) per latent."""
-    d_latent = chunk.codes.shape[1]
-    slot = best_per_latent(latents, scores, k, d_latent)
+def descending_key(values: torch.Tensor) -> torch.Tensor:
+    """int64 keys in [0, 2**31) that sort positive float32 ``values`` from largest to smallest (the bit
+    pattern of a positive float grows with its value)."""
+    return (2**31 - 1) - values.contiguous().view(torch.int32).long()
+
+
+def candidates(
+    rows: torch.Tensor, latents: torch.Tensor, values: torch.Tensor, score: torch.Tensor, slot: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(score, chunk-local row, value) [k, L] of the entries in ``slot`` [k, L] (-1: score -inf, row -1)."""
     filled = slot >= 0
-    local = torch.where(filled, rows[slot.clamp_min(0)], -1)
-    score = torch.where(filled, scores[slot.clamp_min(0)], -math.inf)
-    value = torch.where(
-        filled, chunk.codes.reshape(-1)[local.clamp_min(0) * d_latent + torch.arange(d_latent)], 0.0
+    safe = slot.clamp_min(0)
+    return (
+        torch.where(filled, score[safe], -math.inf),
+        torch.where(filled, rows[safe], -1),
+        torch.where(filled, values[safe], 0.0),
     )
-    window = window_values(chunk, local, settings.before, settings.after)
-    return Selection(score, torch.where(filled, local + chunk.first_row, -1), value, window)
 
 
 class AtlasAccumulator:
@@ -204,47 +214,55 @@ class AtlasAccumulator:
         self.total.index_add_(0, latents, values.double())
         self.max = torch.maximum(self.max, chunk.codes.amax(0))
         self._histogram(latents, values)
-        s = self.settings
-        self.top = self.top.merged(entry_selection(chunk, rows, latents, values, s.top_k, s))
-        keys = torch.rand(len(values), generator=self.generator)
-        self.samples = self.samples.merged(entry_selection(chunk, rows, latents, -keys, s.samples, s))
-        self.negatives = self.negatives.merged(self._negative_candidates(chunk, fired))
+        s, d = self.settings, self.d_latent
+        top = best_per_latent(latents, descending_key(values), s.top_k, d)
+        self.top = self.top.merged(
+            *candidates(rows, latents, values, values.double(), top), chunk, s.before, s.after
+        )
+        keys = torch.randint(0, 2**31, (len(values),), generator=self.generator)
+        sampled = best_per_latent(latents, keys, s.samples, d)
+        sample = candidates(rows, latents, values, -keys.double(), sampled)
+        self.samples = self.samples.merged(*sample, chunk, s.before, s.after)
+        self.negatives = self.negatives.merged(*self._negative_candidates(chunk, fired), chunk, 0, 0)
         if self.cooccurrence is not None:
-            self._cooccur(fired)
+            self._cooccur(rows, latents, len(codes))
         self.rows += len(codes)
 
     def _histogram(self, latents: torch.Tensor, values: torch.Tensor) -> None:
         bins = ((values.double().log10() - LOG10_MIN) * BINS_PER_DECADE).floor().clamp(0, N_BINS - 1).long()
         self.histogram.index_add_(0, latents * N_BINS + bins, torch.ones_like(bins))
 
-    def _negative_candidates(self, chunk: Chunk, fired: torch.Tensor) -> Selection:
+    def _negative_candidates(
+        self, chunk: Chunk, fired: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A few random rows per chunk; each latent may take those whose whole window is silent for it."""
         n, s = len(fired), self.settings
         n_candidates = min(n, max(4 * s.negatives, 64))
         rows = torch.randperm(n, generator=self.generator)[:n_candidates]
-        offsets = torch.arange(-s.before, s.after + 1)
-        around = rows[:, None] + offsets
+        around = rows[:, None] + torch.arange(-s.before, s.after + 1)
         inside = (around >= chunk.start[rows][:, None]) & (around < chunk.stop[rows][:, None])
         silent = ~(fired[around.clamp(0, n - 1)] & inside[:, :, None]).any(1)  # [candidates, L]
-        keys = torch.rand(silent.shape, generator=self.generator)
+        keys = torch.rand(silent.shape, generator=self.generator, dtype=torch.float64)
         score = torch.where(silent, -keys, -math.inf)
-        best = score.topk(min(s.negatives, n_candidates), dim=0).indices
-        picked = score.gather(0, best)
-        row = torch.where(picked > -math.inf, rows[best] + chunk.first_row, -1)
-        empty = torch.zeros(best.shape[0], self.d_latent, 0)
-        return Selection(picked, row, torch.zeros(best.shape), empty)
+        best = score.topk(min(s.negatives, n_candidates), dim=0)
+        row = torch.where(best.values > -math.inf, rows[best.indices], -1)
+        return best.values, row, torch.zeros(best.values.shape)
 
-    def _cooccur(self, fired: torch.Tensor) -> None:
+    def _cooccur(self, rows: torch.Tensor, latents: torch.Tensor, n: int) -> None:
+        """Add the chunk's pairs of co-firing latents (entries ``rows``, ``latents`` [m] in row order)."""
         assert self.cooccurrence is not None
-        per_row = fired.sum(1)
-        widest = int(per_row.max()) if len(per_row) else 0
+        per_row = torch.bincount(rows, minlength=n)
+        widest = int(per_row.max()) if n else 0
         if widest * widest * SCATTER_COST > self.d_latent * self.d_latent:
-            dense = fired.float()
+            dense = torch.zeros(n, self.d_latent)
+            dense[rows, latents] = 1.0
             self.cooccurrence += (dense.T @ dense).round().int()
             return
-        values, latents = fired.float().topk(widest, dim=1)  # each row's firing latents, padded with 0s
-        both = (values[:, :, None] * values[:, None, :]).bool()
-        pairs = (latents[:, :, None] * self.d_latent + latents[:, None, :])[both]
+        first = torch.cumsum(per_row, 0) - per_row
+        padded = torch.full((n, widest), -1, dtype=torch.long)
+        padded[rows, torch.arange(len(rows)) - first[rows]] = latents
+        both = (padded[:, :, None] >= 0) & (padded[:, None, :] >= 0)
+        pairs = (padded[:, :, None] * self.d_latent + padded[:, None, :])[both]
         self.cooccurrence.view(-1).index_add_(0, pairs, torch.ones_like(pairs, dtype=torch.int32))
 
     def quantile_order(self) -> tuple[torch.Tensor, torch.Tensor]:
