@@ -4,8 +4,10 @@
 >>> lm = fl.load_model("smollm2")
 >>> store = fl.ActivationStore.open("runs/demo/acts")
 >>> d = fl.Dictionary.load("runs/demo/sae"); codes = d.encode(x); x_hat = d.decode(codes)
+>>> atlas = fl.Atlas.open("runs/demo/atlas.sqlite"); f = atlas.feature(123); atlas.search("dates")
 """
 
+from featurelens.atlas import Atlas
 from featurelens.capture import ActivationStore, CaptureConfig, run_capture
 from featurelens.corpus import CorpusConfig
 from featurelens.dictionaries import Dictionary
@@ -16,6 +18,7 @@ from featurelens.training import TrainConfig, train_dictionaries, train_dictiona
 __version__ = "0.1.0"
 
 __all__ = [
+    "Atlas",
     "ActivationStore",
     "CaptureConfig",
     "CorpusConfig",
