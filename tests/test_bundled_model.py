@@ -82,7 +82,7 @@ def run_featurelens(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
 
-def test_featurelens_run_captures_trains_and_evaluates(tmp_path: Path) -> None:
+def test_featurelens_run_captures_trains_evaluates_and_maps(tmp_path: Path) -> None:
     args = ["run", "--tokens", "4096", "--expansion", "4", "--batch-size", "512", "--eval-tokens", "512"]
     result = run_featurelens(*args, "--out", str(tmp_path / "demo"))
     assert result.returncode == 0, result.stderr
@@ -95,6 +95,17 @@ def test_featurelens_run_captures_trains_and_evaluates(tmp_path: Path) -> None:
     assert evaluation["held_out"] and evaluation["l0"] <= 32
     assert evaluation["fvu"] < 1.0 and 0.0 < evaluation["ce_loss_recovered"] < 1.0  # a real model, brief SAE
     assert "CE loss recovered" in result.stdout
+    with fl.Atlas.open(tmp_path / "demo" / "atlas.sqlite") as atlas:
+        assert len(atlas) == 2304 and atlas.meta["source"] == "store"
+        assert atlas.meta["tokens"] == store.n_tokens - len(store.outlier_rows("layers.15.resid_post"))
+        densest = atlas.feature(atlas.features(limit=1)[0].id)
+        assert densest.top and densest.top[0].activation == densest.max_activation
+        lm = fl.load_model("smollm2")
+        direction = sae.W_dec[densest.id].detach()
+        unit = direction / direction.pow(2).mean().sqrt()
+        logits = lm.model.lm_head.weight.detach() @ (lm.model.model.norm.weight.detach() * unit)
+        assert [t.token for t in densest.output_top] == logits.topk(10).indices.tolist()
     rerun = run_featurelens(*args, "--out", str(tmp_path / "demo"))
     assert rerun.returncode == 0, rerun.stderr
     assert "reusing the finished capture" in rerun.stdout and "reusing the trained dictionary" in rerun.stdout
+    assert "reusing the atlas" in rerun.stdout

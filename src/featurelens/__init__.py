@@ -18,8 +18,8 @@ from featurelens.training import TrainConfig, train_dictionaries, train_dictiona
 __version__ = "0.1.0"
 
 __all__ = [
-    "Atlas",
     "ActivationStore",
+    "Atlas",
     "CaptureConfig",
     "CorpusConfig",
     "Dictionary",

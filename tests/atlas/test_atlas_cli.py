@@ -64,7 +64,7 @@ def test_export_parquet_holds_every_row(atlas_file: Path, tmp_path: Path) -> Non
         top = next(e for e in pq.read_table(out / "examples.parquet").to_pylist() if e["kind"] == "top")
         query = "SELECT activations FROM examples WHERE feature = ? AND kind = 'top' AND rank = ?"
         (blob,) = db.execute(query, (top["feature"], top["rank"])).fetchone()
-    assert np.frombuffer(blob, "<f4").tolist() == top["activations"]
+    assert np.frombuffer(blob, "<f2").tolist() == top["activations"]
 
 
 def test_bad_input_is_one_clear_line(atlas_file: Path, planted: dict[str, Any], tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from featurelens.atlas.reader import TABLES, Atlas
+from featurelens.atlas.schema import BLOB_DTYPE
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -38,7 +39,7 @@ def export_parquet(path: Path, out: Path | None) -> Path:
             arrays = {name: list(values) for name, values in zip(names, columns, strict=True)}
             if table == "examples":
                 arrays["activations"] = [
-                    None if blob is None else np.frombuffer(blob, "<f4").tolist()
+                    None if blob is None else np.frombuffer(blob, BLOB_DTYPE).tolist()
                     for blob in arrays["activations"]
                 ]
             pq.write_table(pa.table(arrays), temporary / f"{table}.parquet")

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from featurelens.atlas.schema import FORMAT, VERSION
+from featurelens.atlas.schema import BLOB_DTYPE, FORMAT, VERSION
 from featurelens.errors import AtlasError
 
 TABLES = ("features", "examples", "tokens", "vocab", "token_effects", "neighbours")
@@ -188,7 +188,8 @@ class Atlas:
                     "SELECT token FROM tokens WHERE row BETWEEN ? AND ? ORDER BY row", (first, last)
                 )
             ]
-            values = np.frombuffer(blob, "<f4").tolist() if blob is not None else [0.0] * len(ids)
+            values = np.frombuffer(blob, BLOB_DTYPE).tolist() if blob is not None else [0.0] * len(ids)
+            values[row - first] = activation  # the exact value (the blob holds float16)
             found[kind].append(
                 Context(kind, rank, bin_, row, activation, ids, self._texts(ids), values, row - first)
             )

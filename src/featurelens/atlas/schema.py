@@ -19,8 +19,9 @@ Tables (``row`` always means a row of ``tokens``: one token the dictionary saw, 
                    row INTEGER          the example's centre row
                    activation REAL      the feature's activation at the centre row
                    first_row, last_row  the context window, inclusive, never crossing a sequence boundary
-                   activations BLOB     float32 little-endian, the feature's activation on each window row
-                                        (NULL for negatives: all zero by construction)
+                   activations BLOB     float16 little-endian (:data:`BLOB_DTYPE`), the feature's activation
+                                        on each window row (NULL for negatives: all zero by construction);
+                                        ``activation`` holds the centre's exact value
     tokens         row INTEGER PRIMARY KEY, token INTEGER, sequence INTEGER, position INTEGER
     vocab          token INTEGER PRIMARY KEY, text TEXT         decoded text of every token id used here
     token_effects  feature, kind, rank  PRIMARY KEY; kind 'output_top' / 'output_bottom' (logits of the
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 FORMAT = "featurelens.atlas"
 VERSION = 1
+BLOB_DTYPE = "<f2"  # per-token activations of a context window: half the size of float32, ~3 digits
 
 EXAMPLE_KINDS = ("top", "quantile", "negative")
 EFFECT_KINDS = ("output_top", "output_bottom", "input_top")

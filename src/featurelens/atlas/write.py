@@ -16,7 +16,7 @@ import torch
 
 from featurelens.atlas.accumulate import AtlasAccumulator, Selection, sequence_bounds
 from featurelens.atlas.effects import Ranked
-from featurelens.atlas.schema import DDL, FORMAT, VERSION
+from featurelens.atlas.schema import BLOB_DTYPE, DDL, FORMAT, VERSION
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ def _example_rows(contents: AtlasContents) -> Iterator[tuple[Any, ...]]:
             offset = first - (row - settings.before)
             blob = None
             if windows.shape[2]:
-                blob = windows[rank, latent, offset : offset + last - first + 1].astype("<f4").tobytes()
+                blob = windows[rank, latent, offset : offset + last - first + 1].astype(BLOB_DTYPE).tobytes()
             yield (
                 int(latent),
                 kind,

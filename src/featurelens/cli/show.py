@@ -134,7 +134,8 @@ def print_overview(atlas: Atlas, console: Console) -> None:
     dead = sum(1 for d in densities if d == 0)
     logs = [math.log10(d) for d in densities if d > 0]
     if logs:
-        low, high = math.floor(min(logs)), math.ceil(max(logs)) or 1
+        low = math.floor(min(logs))
+        high = max(math.ceil(max(logs)), low + 1)
         bins = [0] * max(1, (high - low) * 4)
         for value in logs:
             bins[min(len(bins) - 1, int((value - low) / (high - low) * len(bins)))] += 1
