@@ -69,7 +69,9 @@ def test_counts_sums_maxima_histograms_and_cooccurrence_equal_float64() -> None:
         reference, _ = np.histogram(x[fired[:, latent], latent], bins=edges)
         np.testing.assert_array_equal(histogram[latent], reference)
     assert acc.cooccurrence is not None
-    np.testing.assert_array_equal(acc.cooccurrence.numpy(), fired.T.astype(np.int64) @ fired.astype(np.int64))
+    reference = fired.T.astype(np.int64) @ fired.astype(np.int64)
+    np.testing.assert_array_equal(acc.pair_counts(0, D_LATENT).numpy(), reference)
+    np.testing.assert_array_equal(acc.pair_counts(7, 19).numpy(), reference[7:19])
 
 
 def test_dense_and_sparse_cooccurrence_paths_agree() -> None:
@@ -79,8 +81,10 @@ def test_dense_and_sparse_cooccurrence_paths_agree() -> None:
     sparse_acc, dense_acc = accumulate(codes, 2), accumulate(dense_rows, 2)
     fired = (codes > 0).long()
     assert sparse_acc.cooccurrence is not None and dense_acc.cooccurrence is not None
-    assert torch.equal(sparse_acc.cooccurrence.long(), fired.T @ fired)
-    assert torch.equal(dense_acc.cooccurrence, torch.full((D_LATENT, D_LATENT), N_ROWS, dtype=torch.int32))
+    assert torch.equal(sparse_acc.pair_counts(0, D_LATENT).long(), fired.T @ fired)
+    assert torch.equal(
+        dense_acc.pair_counts(0, D_LATENT), torch.full((D_LATENT, D_LATENT), N_ROWS, dtype=torch.int32)
+    )
 
 
 def test_samples_and_negatives_are_what_they_claim() -> None:

@@ -249,19 +249,21 @@ class AtlasAccumulator:
         return best.values, row, torch.zeros(best.values.shape)
 
     def _cooccur(self, rows: torch.Tensor, latents: torch.Tensor, n: int) -> None:
-        """Add the chunk's pairs of co-firing latents (entries ``rows``, ``latents`` [m] in row order)."""
+        """Count the chunk's pairs a < b of co-firing latents (entries ``rows``, ``latents`` [m] in row
+        order) into the upper triangle of :attr:`cooccurrence`."""
         assert self.cooccurrence is not None
         per_row = torch.bincount(rows, minlength=n)
         widest = int(per_row.max()) if n else 0
         if widest * widest * SCATTER_COST > self.d_latent * self.d_latent:
             dense = torch.zeros(n, self.d_latent)
             dense[rows, latents] = 1.0
-            self.cooccurrence += (dense.T @ dense).round().int()
+            self.cooccurrence += torch.triu(dense.T @ dense, diagonal=1).round().int()
             return
         first = torch.cumsum(per_row, 0) - per_row
         padded = torch.full((n, widest), -1, dtype=torch.long)
         padded[rows, torch.arange(len(rows)) - first[rows]] = latents
-        both = (padded[:, :, None] >= 0) & (padded[:, None, :] >= 0)
+        upper = torch.ones(widest, widest, dtype=torch.bool).triu(diagonal=1)  # latents ascend along a row
+        both = (padded[:, :, None] >= 0) & (padded[:, None, :] >= 0) & upper
         pairs = (padded[:, :, None] * self.d_latent + padded[:, None, :])[both]
         self.cooccurrence.view(-1).index_add_(0, pairs, torch.ones_like(pairs, dtype=torch.int32))
 
@@ -277,6 +279,14 @@ class AtlasAccumulator:
         bins = torch.div(rank * self.settings.quantile_bins, n_filled.clamp_min(1), rounding_mode="floor")
         return order, torch.where(rank < n_filled, bins, -1)
 
+    def pair_counts(self, first: int, stop: int) -> torch.Tensor:
+        """Rows ``first:stop`` of the symmetric co-occurrence counts [b, L] (diagonal: own counts)."""
+        assert self.cooccurrence is not None
+        stop = min(stop, self.d_latent)
+        counts = self.cooccurrence[first:stop] + self.cooccurrence[:, first:stop].T
+        counts[torch.arange(stop - first), torch.arange(first, stop)] = self.count[first:stop].int()
+        return counts
+
     def cooccurring(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """Each latent's ``n`` most co-occurring others by Jaccard index: (ids, jaccard, counts) [L, n].
 
@@ -288,7 +298,7 @@ class AtlasAccumulator:
         n = min(n, self.d_latent - 1)
         ids, scores, counts = [], [], []
         for first in range(0, self.d_latent, 1024):
-            both = self.cooccurrence[first : first + 1024].double()
+            both = self.pair_counts(first, first + 1024).double()
             either = self.count[first : first + 1024, None] + self.count[None, :] - both
             jaccard = torch.where(both > 0, both / either.clamp_min(1), -1.0)
             jaccard[torch.arange(len(both)), torch.arange(first, first + len(both))] = -1.0

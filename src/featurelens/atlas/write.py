@@ -144,28 +144,33 @@ def _example_rows(contents: AtlasContents) -> Iterator[tuple[Any, ...]]:
         ("quantile", sample, bins),
         ("negative", stats.negatives, None),
     ):
-        rows = selection.row.numpy()
-        values = selection.value.numpy()
-        windows = selection.window.numpy()
-        for rank, latent in zip(*np.nonzero(rows >= 0), strict=True):
-            row = int(rows[rank, latent])
-            first = max(row - settings.before, int(start[row]))
-            last = min(row + settings.after, int(stop[row]) - 1)
-            offset = first - (row - settings.before)
-            blob = None
-            if windows.shape[2]:
-                blob = windows[rank, latent, offset : offset + last - first + 1].astype(BLOB_DTYPE).tobytes()
-            yield (
-                int(latent),
-                kind,
-                int(rank),
-                int(selection_bins[rank, latent]) if selection_bins is not None else None,
-                row,
-                float(values[rank, latent]),
-                first,
-                last,
-                blob,
-            )
+        ranks, latents = np.nonzero(selection.row.numpy() >= 0)
+        rows = selection.row.numpy()[ranks, latents]
+        first = np.maximum(rows - settings.before, start[rows])
+        last = np.minimum(rows + settings.after, stop[rows] - 1)
+        width = selection.window.shape[2]
+        blobs: list[bytes | None] = [None] * len(rows)
+        if width:
+            raw = selection.window.numpy()[ranks, latents].astype(BLOB_DTYPE).tobytes()
+            size = np.dtype(BLOB_DTYPE).itemsize
+            begin = (np.arange(len(rows)) * width + first - (rows - settings.before)) * size
+            end = begin + (last - first + 1) * size
+            blobs = [raw[a:b] for a, b in zip(begin.tolist(), end.tolist(), strict=True)]
+        row_bins = (
+            selection_bins[ranks, latents].tolist() if selection_bins is not None else [None] * len(rows)
+        )
+        yield from zip(
+            latents.tolist(),
+            [kind] * len(rows),
+            ranks.tolist(),
+            row_bins,
+            rows.tolist(),
+            selection.value.numpy()[ranks, latents].tolist(),
+            first.tolist(),
+            last.tolist(),
+            blobs,
+            strict=True,
+        )
 
 
 def _ranked_rows(feature_kind: str, ranked: Ranked) -> Iterator[tuple[int, str, int, int, float]]:

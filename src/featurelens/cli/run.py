@@ -144,8 +144,8 @@ def main(args: argparse.Namespace) -> int:
     if not retrained and mapped_with(atlas, tokens):
         console.print(f"reusing the atlas in {atlas}")
     else:
-        job = AtlasJob(str(sae), str(atlas), tokens=tokens, device=args.device, overwrite=True)
-        print_atlas_summary(build_with_progress(job, console), console)
+        mapping = AtlasJob(str(sae), str(atlas), tokens=tokens, device=args.device, overwrite=True)
+        print_atlas_summary(build_with_progress(mapping, console), console)
     return 0
 
 
