@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -67,15 +68,11 @@ def _replace_first_tensor(value: Any, new: torch.Tensor) -> Any:
     raise HookError(f"cannot replace a module output of type {type(value).__name__}")
 
 
-def run_with_replacement(
-    model: nn.Module, point: HookPoint, edit: Callable[[torch.Tensor], torch.Tensor], input_ids: torch.Tensor
-) -> torch.Tensor:
-    """Logits [batch, seq, vocab] of ``model`` with ``point``'s tensor replaced by ``edit(tensor)``.
-
-    The edit sees and returns a tensor of the point's shape [batch, seq, width]; a point that never
-    fires raises :class:`HookError`.
-    """
-    fired = []
+@contextmanager
+def replacing(point: HookPoint, edit: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[list[bool]]:
+    """While open, every forward pass sees ``point``'s tensor replaced by ``edit(tensor)`` [batch, seq,
+    width]. Yields a list that gains an entry each time the point fires."""
+    fired: list[bool] = []
 
     def edit_output(_m: nn.Module, _args: Any, output: Any) -> Any:
         fired.append(True)
@@ -92,10 +89,21 @@ def run_with_replacement(
     else:
         handle = point.module.register_forward_pre_hook(edit_input, with_kwargs=True)
     try:
-        with torch.inference_mode():
-            logits = model(input_ids=input_ids).logits
+        yield fired
     finally:
         handle.remove()
+
+
+def run_with_replacement(
+    model: nn.Module, point: HookPoint, edit: Callable[[torch.Tensor], torch.Tensor], input_ids: torch.Tensor
+) -> torch.Tensor:
+    """Logits [batch, seq, vocab] of ``model`` with ``point``'s tensor replaced by ``edit(tensor)``.
+
+    The edit sees and returns a tensor of the point's shape [batch, seq, width]; a point that never
+    fires raises :class:`HookError`.
+    """
+    with replacing(point, edit) as fired, torch.inference_mode():
+        logits = model(input_ids=input_ids).logits
     if not fired:
         raise HookError(f"hook point {point.name} did not fire during the forward pass")
     return logits
