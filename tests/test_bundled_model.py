@@ -108,4 +108,4 @@ def test_featurelens_run_captures_trains_evaluates_and_maps(tmp_path: Path) -> N
     rerun = run_featurelens(*args, "--out", str(tmp_path / "demo"))
     assert rerun.returncode == 0, rerun.stderr
     assert "reusing the finished capture" in rerun.stdout and "reusing the trained dictionary" in rerun.stdout
-    assert "reusing the atlas" in rerun.stdout
+    assert "reusing the atlas" in rerun.stdout and "featurelens serve" in rerun.stdout

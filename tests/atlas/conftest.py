@@ -20,11 +20,9 @@ def magnitude(token: int) -> float:
     return 1.0 + token / 4  # exact in binary
 
 
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Any]:
+def plant(root: Path, tiny_model_dir: Path) -> dict[str, Any]:
     """A store where the activation of token t < 32 is magnitude(t) * e_t (others: -0.5 everywhere), and
     a TopK k=1 dictionary with identity encoder and decoder: latent j fires exactly on token j."""
-    root = tmp_path_factory.mktemp("planted")
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 48, size=(N_SEQ, SEQ - 1)).astype(np.int32)
     flat = tokens.reshape(-1)
@@ -54,3 +52,8 @@ def planted(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> d
         dictionary.b_dec.zero_()
     dictionary.save(root / "sae")
     return {"root": root, "tokens": flat, "model": str(tiny_model_dir)}
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Any]:
+    return plant(tmp_path_factory.mktemp("planted"), tiny_model_dir)

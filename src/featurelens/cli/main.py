@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from featurelens.cli import atlas, capture, evaluate, export, hooks, info, run, show, train
+from featurelens.cli import atlas, capture, evaluate, export, hooks, info, run, serve, show, train
 from featurelens.errors import FeatureLensError
 
 VERBS = {
@@ -18,6 +18,7 @@ VERBS = {
     "evaluate": evaluate,
     "atlas": atlas,
     "show": show,
+    "serve": serve,
     "export": export,
     "hooks": hooks,
     "info": info,
@@ -33,6 +34,7 @@ The loop, one verb per stage:
   evaluate  measure a dictionary: FVU, L0, dead latents, the model's loss with it spliced in
   atlas     map every feature: densities, top contexts, logit effects, neighbours (SQLite)
   show      a feature card, an atlas overview or a search, in the terminal
+  serve     browse an atlas in a local web app: search, feature pages, try text, steer
   export    convert a dictionary to SAELens or sparsify format (and back)
   hooks     list a model's hook points with their shapes
   info      summarise an activation store

@@ -1,13 +1,13 @@
-"""The main job on the bundled defaults: capture, train a sparse dictionary, evaluate it.
+"""The main job on the bundled defaults: capture, train a sparse dictionary, evaluate it, map its features.
 
 1. capture layers.15.resid_post of SmolLM2-135M-Instruct on Python's own docs (--tokens) into OUT/acts;
 2. train a TopK SAE (k=32, 16x expansion, 2 epochs, the last 10% of rows held out) into OUT/sae;
 3. evaluate it in the model on text it never saw (--eval-tokens): FVU, L0, dead latents, CE loss recovered;
 4. map every feature into OUT/atlas.sqlite (--atlas-tokens of the capture): densities, top contexts,
-   logit effects, neighbours; look at it with `featurelens show OUT/atlas.sqlite [ID]`.
+   logit effects, neighbours; look at it with `featurelens show OUT/atlas.sqlite [ID]`;
+5. print the command that serves the web app on it (or serve it: --serve).
 On this project's 2-core CPU the defaults take about five minutes. A rerun reuses finished stages and
-continues interrupted ones; --overwrite redoes everything. Later stages (explanations, the web app) join
-the same command.
+continues interrupted ones; --overwrite redoes everything. Explanations join the same command later.
 
 examples:
   featurelens run
@@ -28,6 +28,7 @@ from rich.console import Console
 from featurelens.atlas import Atlas, AtlasJob, AtlasSettings
 from featurelens.capture import ActivationStore
 from featurelens.capture.run import CaptureConfig, json_roundtrip
+from featurelens.cli import serve
 from featurelens.cli.atlas import build_with_progress
 from featurelens.cli.atlas import print_summary as print_atlas_summary
 from featurelens.cli.capture import capture_with_progress, print_result
@@ -67,6 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--atlas-tokens", type=int, default=None, help="captured tokens to map (default: all of them)"
     )
+    parser.add_argument("--serve", action="store_true", help="finish by serving the web app on 127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000, help="port for --serve")
 
 
 def trained_with(folder: Path, config: TrainConfig, manifest: dict[str, Any]) -> bool:
@@ -146,6 +149,16 @@ def main(args: argparse.Namespace) -> int:
     else:
         mapping = AtlasJob(str(sae), str(atlas), tokens=tokens, device=args.device, overwrite=True)
         print_atlas_summary(build_with_progress(mapping, console), console)
+
+    command = f"featurelens serve {atlas}"
+    if args.serve:
+        console.rule("[bold]5. serve")
+        return serve.main(
+            argparse.Namespace(
+                atlas=str(atlas), port=args.port, host="127.0.0.1", model=None, device=args.device
+            )
+        )
+    console.print(f"browse it in the web app: [bold]{command}[/] (then open http://127.0.0.1:8000)")
     return 0
 
 

@@ -1,0 +1,234 @@
+"""The web app: a typed JSON API over one atlas, and the pages built on it (all assets from the package).
+
+Routes (the OpenAPI schema is at ``/openapi.json``):
+
+    GET  /                          the single-page app (overview, #/feature/ID, #/try, #/steer)
+    GET  /static/...                its script and style sheet, served from the package only
+    GET  /api/meta                  model, hook, dictionary, evaluation, settings
+    GET  /api/densities             histogram of log10 feature densities, and the dead count
+    GET  /api/features              one page of features: ?sort=density&order=desc&limit=50&offset=0
+    GET  /api/features/{id}         everything about one feature
+    GET  /api/search?q=...          features whose top / output tokens (or explanations) match
+    GET  /api/model                 state of the live model: idle, loading, ready, failed
+    POST /api/activations           {"text"} -> each token's strongest features (loads the model lazily)
+    POST /api/steer                 {"prompt", "features": [{"id", "strength"}], "mode", "max_new_tokens"}
+
+Bad input gets a 4xx with a one-line ``detail``: unknown or non-numeric ids, text over
+:data:`MAX_TEXT_CHARS`, strengths beyond :data:`MAX_STRENGTH`, token counts beyond :data:`MAX_NEW_TOKENS`,
+and requests made while another one loads the model (429 with Retry-After).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from featurelens.atlas import Atlas, Feature, FeatureSummary
+from featurelens.errors import FeatureLensError
+from featurelens.serve.live import LiveModel, ModelBusy, Steering, TokenFeatures
+
+MAX_TEXT_CHARS = 2000
+MAX_NEW_TOKENS = 64
+MAX_STRENGTH = 1000.0
+MAX_STEERED_FEATURES = 8
+STATIC = Path(str(resources.files("featurelens.serve") / "static"))
+
+
+class Meta(BaseModel):
+    kind: str
+    model: str
+    hook_in: str
+    hook_out: str
+    arch: str
+    d_latent: int
+    tokens: int
+    source: str
+    evaluation: dict[str, Any] | None
+    output_effects: str
+    settings: dict[str, Any]
+    live_model: str
+
+
+class Densities(BaseModel):
+    """Counts of features per bin of log10(density); ``dead`` never fired."""
+
+    edges: list[float]
+    counts: list[int]
+    dead: int
+
+
+class FeaturePage(BaseModel):
+    total: int
+    sort: str
+    order: str
+    items: list[FeatureSummary]
+
+
+class SearchHit(BaseModel):
+    id: int
+    density: float
+    top_tokens: list[str]
+    output_tokens: list[str]
+
+
+class SearchResults(BaseModel):
+    query: str
+    results: list[SearchHit]
+
+
+class ModelState(BaseModel):
+    state: Literal["idle", "loading", "ready", "failed"]
+    model: str
+    detail: str
+
+
+class TextRequest(BaseModel):
+    text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+    top_n: Annotated[int, Field(ge=1, le=20)] = 5
+
+
+class Activations(BaseModel):
+    tokens: list[TokenFeatures]
+
+
+class FeatureStrength(BaseModel):
+    id: Annotated[int, Field(ge=0)]
+    strength: Annotated[float, Field(ge=-MAX_STRENGTH, le=MAX_STRENGTH, allow_inf_nan=False)]
+
+
+class SteerRequest(BaseModel):
+    prompt: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+    features: Annotated[list[FeatureStrength], Field(max_length=MAX_STEERED_FEATURES)]
+    mode: Literal["add", "clamp"] = "add"
+    max_new_tokens: Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS)] = 24
+
+
+@dataclass
+class _Served:
+    atlas: Atlas
+    live: LiveModel
+    lock: threading.Lock
+
+
+def create_app(atlas_path: str | Path, *, model: str | None = None, device: str | None = None) -> FastAPI:
+    """The app serving ``atlas_path``; ``model`` overrides the model named in the atlas."""
+    atlas = Atlas.open(atlas_path)
+    served = _Served(atlas, LiveModel(atlas.meta, model=model, device=device), threading.Lock())
+    app = FastAPI(
+        title="featurelens",
+        summary=f"the atlas {Path(atlas_path).name}",
+        docs_url=None,  # Swagger UI and ReDoc pull their scripts from a CDN; the schema is at /openapi.json
+        redoc_url=None,
+    )
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.exception_handler(ModelBusy)
+    def busy(_request: Request, error: ModelBusy) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=429, headers={"Retry-After": "2"})
+
+    @app.exception_handler(FeatureLensError)
+    def refused(_request: Request, error: FeatureLensError) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=400)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/api/meta")
+    def meta() -> Meta:
+        m = atlas.meta
+        return Meta(
+            kind=m["kind"],
+            model=str(m["model"]),
+            hook_in=m["hook_in"],
+            hook_out=m["hook_out"],
+            arch=m["arch"],
+            d_latent=m["d_latent"],
+            tokens=m["tokens"],
+            source=m["source"],
+            evaluation=m.get("evaluation"),
+            output_effects=m["output_effects"],
+            settings=m["settings"],
+            live_model=served.live.model_spec,
+        )
+
+    @app.get("/api/densities")
+    def densities() -> Densities:
+        with served.lock:
+            values = [f.density for f in atlas.features(limit=len(atlas))]
+        logs = [math.log10(d) for d in values if d > 0]
+        if not logs:
+            return Densities(edges=[], counts=[], dead=len(values))
+        low = math.floor(min(logs))
+        high = max(math.ceil(max(logs)), low + 1)
+        n_bins = (high - low) * 5
+        counts = [0] * n_bins
+        for value in logs:
+            counts[min(n_bins - 1, int((value - low) / (high - low) * n_bins))] += 1
+        edges = [low + i * (high - low) / n_bins for i in range(n_bins + 1)]
+        return Densities(edges=edges, counts=counts, dead=len(values) - len(logs))
+
+    @app.get("/api/features")
+    def features(
+        sort: Literal["id", "density", "count", "mean_activation", "max_activation"] = "density",
+        order: Literal["asc", "desc"] = "desc",
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    ) -> FeaturePage:
+        with served.lock:
+            items = atlas.features(sort=sort, descending=order == "desc", limit=limit, offset=offset)
+        return FeaturePage(total=len(atlas), sort=sort, order=order, items=items)
+
+    @app.get("/api/features/{feature_id}", responses={404: {"description": "no such feature"}})
+    def feature(feature_id: int) -> Feature:
+        if not 0 <= feature_id < len(atlas):
+            raise HTTPException(404, f"feature {feature_id} is out of range: ids are 0..{len(atlas) - 1}")
+        with served.lock:
+            return atlas.feature(feature_id)
+
+    @app.get("/api/search")
+    def search(
+        q: Annotated[str, Query(max_length=200)], limit: Annotated[int, Query(ge=1, le=100)] = 20
+    ) -> SearchResults:
+        with served.lock:
+            found = [atlas.feature(i) for i in atlas.search(q, limit=limit)]
+        hits = [
+            SearchHit(
+                id=f.id,
+                density=f.density,
+                top_tokens=[text for text, _ in f.top_tokens[:8]],
+                output_tokens=[t.text for t in f.output_top[:8]],
+            )
+            for f in found
+        ]
+        return SearchResults(query=q, results=hits)
+
+    @app.get("/api/model")
+    def model_state() -> ModelState:
+        live = served.live
+        return ModelState(state=live.state, model=live.model_spec, detail=live.error)
+
+    @app.post("/api/activations", responses={429: {"description": "the model is loading"}})
+    def activations(request: TextRequest) -> Activations:
+        tokens: list[TokenFeatures] = served.live.activations(request.text, request.top_n)
+        return Activations(tokens=tokens)
+
+    @app.post("/api/steer", responses={429: {"description": "the model is loading"}})
+    def steer(request: SteerRequest) -> Steering:
+        strengths: dict[int, float] = {}
+        for item in request.features:
+            if item.id >= len(atlas):
+                raise HTTPException(422, f"feature {item.id} is out of range: ids are 0..{len(atlas) - 1}")
+            strengths[item.id] = strengths.get(item.id, 0.0) + item.strength
+        return served.live.steer(request.prompt, strengths, request.mode, request.max_new_tokens)
+
+    return app

@@ -1,0 +1,266 @@
+// featurelens web app: one page, four views (#/, #/feature/ID, #/try, #/steer), built on /api.
+"use strict";
+
+const view = document.getElementById("view");
+const state = { sort: "density", order: "desc", offset: 0, limit: 50, meta: null };
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value);
+  }
+  for (const child of children.flat()) {
+    if (child !== null && child !== undefined) node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+async function api(path, body) {
+  const options = body === undefined ? {} : {
+    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
+  };
+  for (;;) {
+    const response = await fetch(path, options);
+    if (response.status === 429) {  // the model is loading: wait and retry
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+      continue;
+    }
+    const payload = await response.json();
+    if (!response.ok) {
+      const detail = typeof payload.detail === "string" ? payload.detail : JSON.stringify(payload.detail);
+      throw new Error(detail);
+    }
+    return payload;
+  }
+}
+
+const fmt = (x, digits = 3) => (x === null || x === undefined ? "—" : Number(x).toPrecision(digits));
+const pct = (x) => (100 * x).toPrecision(3) + "%";
+const shown = (text) => text.replace(/\n/g, "↵");
+const featureLink = (id, label) => el("a", { href: `#/feature/${id}` }, label ?? `#${id}`);
+
+function histogram(edges, counts, { log = true, label = "" } = {}) {
+  const width = 520, height = 120, pad = 18;
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("class", "histogram");
+  svg.setAttribute("width", width);
+  svg.setAttribute("height", height + pad);
+  const top = Math.max(1, ...counts);
+  const x = log ? edges.map((e) => Math.log10(e)) : edges;
+  const span = (x[x.length - 1] - x[0]) || 1;
+  counts.forEach((count, i) => {
+    const rect = document.createElementNS(svg.namespaceURI, "rect");
+    const left = ((x[i] - x[0]) / span) * width;
+    const right = ((x[i + 1] - x[0]) / span) * width;
+    const h = (count / top) * height;
+    rect.setAttribute("x", left.toFixed(1));
+    rect.setAttribute("y", (height - h).toFixed(1));
+    rect.setAttribute("width", Math.max(1, right - left - 0.5).toFixed(1));
+    rect.setAttribute("height", h.toFixed(1));
+    const title = document.createElementNS(svg.namespaceURI, "title");
+    title.textContent = `${fmt(edges[i])} – ${fmt(edges[i + 1])}: ${count}`;
+    rect.append(title);
+    svg.append(rect);
+  });
+  for (const [pos, anchor, value] of [[0, "start", edges[0]], [width, "end", edges[edges.length - 1]]]) {
+    const text = document.createElementNS(svg.namespaceURI, "text");
+    text.setAttribute("x", pos);
+    text.setAttribute("y", height + 13);
+    text.setAttribute("text-anchor", anchor);
+    text.textContent = `${label}${fmt(value)}`;
+    svg.append(text);
+  }
+  return svg;
+}
+
+function contextLine(context, scale) {
+  const line = el("div", { class: "context" });
+  context.tokens.forEach((token, i) => {
+    const value = context.activations[i];
+    const strength = scale > 0 ? Math.max(0, Math.min(1, value / scale)) : 0;
+    const span = el("span", { class: "tok" + (i === context.centre ? " centre" : ""), title: `activation ${fmt(value)}` },
+      shown(token));
+    if (value > 0) {
+      span.style.background = `rgba(234, 88, 12, ${(0.15 + 0.85 * strength).toFixed(3)})`;
+      span.dataset.activation = value;
+    }
+    line.append(span);
+  });
+  return line;
+}
+
+async function overview() {
+  const [meta, densities, page] = await Promise.all([
+    api("/api/meta"), api("/api/densities"),
+    api(`/api/features?sort=${state.sort}&order=${state.order}&limit=${state.limit}&offset=${state.offset}`),
+  ]);
+  state.meta = meta;
+  const evaluation = meta.evaluation || {};
+  const evalStats = [["FVU", evaluation.fvu, fmt], ["L0", evaluation.l0, fmt], ["dead", evaluation.dead_fraction, pct],
+    ["CE loss recovered", evaluation.ce_loss_recovered, pct]].filter(([, v]) => v !== undefined && v !== null);
+  const columns = [["id", "id"], ["density", "density"], ["mean_activation", "mean act"], ["max_activation", "max act"]];
+  const head = el("tr", {}, columns.map(([key, label]) => el("th", {
+    class: "sortable", "data-sort": key,
+    onclick: () => {
+      state.order = state.sort === key && state.order === "desc" ? "asc" : "desc";
+      state.sort = key; state.offset = 0; render();
+    },
+  }, label + (state.sort === key ? (state.order === "desc" ? " ↓" : " ↑") : ""))));
+  const rows = page.items.map((f) => el("tr", { class: "feature-row" },
+    el("td", {}, featureLink(f.id)), el("td", { class: "num" }, pct(f.density)),
+    el("td", { class: "num" }, fmt(f.mean_activation)), el("td", { class: "num" }, fmt(f.max_activation))));
+  const last = Math.min(page.total, state.offset + state.limit);
+  view.replaceChildren(
+    el("h1", {}, `${meta.kind === "neurons" ? "Neurons" : "Features"} of ${meta.hook_in}`),
+    el("div", { class: "stats" },
+      el("span", {}, "model ", el("b", {}, meta.model)), el("span", {}, "dictionary ", el("b", {}, meta.arch)),
+      el("span", {}, el("b", {}, page.total.toLocaleString()), " features"),
+      el("span", {}, el("b", {}, meta.tokens.toLocaleString()), ` tokens (${meta.source})`)),
+    evalStats.length ? el("div", { class: "stats", id: "evaluation" },
+      evalStats.map(([name, value, f]) => el("span", {}, `${name} `, el("b", {}, f(value))))) : null,
+    el("h2", {}, "feature density (log10)"),
+    densities.counts.length ? histogram(densities.edges, densities.counts, { log: false, label: "10^" }) : null,
+    el("p", { class: "muted" }, `${densities.dead} never fired`),
+    el("table", { id: "features" }, el("thead", {}, head), el("tbody", {}, rows)),
+    el("div", { class: "pager" },
+      el("button", { onclick: () => { state.offset = Math.max(0, state.offset - state.limit); render(); },
+        ...(state.offset === 0 ? { disabled: "" } : {}) }, "previous"),
+      el("span", {}, `${state.offset + 1}–${last} of ${page.total}`),
+      el("button", { onclick: () => { state.offset += state.limit; render(); },
+        ...(last >= page.total ? { disabled: "" } : {}) }, "next")));
+}
+
+function tokenList(items, cls) {
+  return items.length ? items.map((t) => el("span", { class: `pill ${cls}`, title: fmt(t.value) },
+    `${shown(t.text)} ${t.value >= 0 ? "+" : ""}${fmt(t.value, 2)}`)) : [el("span", { class: "muted" }, "—")];
+}
+
+async function featurePage(id) {
+  const f = await api(`/api/features/${id}`);
+  const scale = f.max_activation || 0;
+  const byBin = new Map();
+  for (const c of f.quantiles) byBin.set(c.bin, [...(byBin.get(c.bin) || []), c]);
+  view.replaceChildren(
+    el("h1", {}, `Feature ${f.id}`),
+    el("div", { class: "stats" },
+      el("span", {}, "density ", el("b", {}, pct(f.density))), el("span", {}, "fired on ", el("b", {}, f.count), " tokens"),
+      el("span", {}, "mean ", el("b", {}, fmt(f.mean_activation))), el("span", {}, "max ", el("b", {}, fmt(f.max_activation))),
+      el("span", {}, featureLink(Math.max(0, f.id - 1), "← previous"), " ", featureLink(f.id + 1, "next →"))),
+    el("div", { id: "explanations" }, (f.explanations || []).map((e) => el("p", {}, el("b", {}, e.text),
+      el("span", { class: "muted" }, ` (${e.method}, score ${fmt(e.score)})`)))),
+    el("h2", {}, "activation histogram (non-zero)"),
+    f.histogram.counts.length ? histogram(f.histogram.edges, f.histogram.counts, { log: true })
+      : el("p", { class: "muted" }, "never fired"),
+    el("div", { class: "columns" },
+      el("div", { class: "panel" }, el("h2", {}, "promotes"), tokenList(f.output_top, "pos"),
+        el("h2", {}, "suppresses"), tokenList(f.output_bottom, "neg")),
+      el("div", { class: "panel" }, el("h2", {}, "co-occurring"),
+        f.cooccurring.map((n) => el("span", { class: "pill" }, featureLink(n.feature), ` J ${fmt(n.value, 2)}`)),
+        el("h2", {}, "nearest (decoder cosine)"),
+        f.nearest.map((n) => el("span", { class: "pill" }, featureLink(n.feature), ` ${fmt(n.value, 2)}`)))),
+    el("h2", {}, "top activating contexts"),
+    el("div", { id: "top-contexts", class: "panel" }, f.top.map((c) => contextLine(c, scale))),
+    el("h2", {}, "quantile samples (low → high)"),
+    el("div", { id: "quantiles", class: "panel" }, [...byBin.entries()].map(([bin, contexts]) =>
+      el("div", {}, el("span", { class: "muted" }, `bin ${bin}`), contexts.map((c) => contextLine(c, scale))))),
+    f.input_top.length ? el("div", {}, el("h2", {}, "reads (input embeddings)"), tokenList(f.input_top, "")) : null);
+}
+
+async function tryText() {
+  const text = el("textarea", { id: "try-text" }, "The quick brown fox jumps over the lazy dog.");
+  const output = el("div", { id: "try-output", class: "panel" });
+  const details = el("div", { id: "try-details" });
+  const run = async () => {
+    output.replaceChildren(el("p", { class: "muted" }, "running (the model loads on first use)…"));
+    try {
+      const result = await api("/api/activations", { text: text.value, top_n: 5 });
+      const scale = Math.max(0, ...result.tokens.map((t) => (t.features[0] ? t.features[0].activation : 0)));
+      output.replaceChildren(el("div", { class: "context" }, result.tokens.map((token) => {
+        const best = token.features[0] ? token.features[0].activation : 0;
+        const span = el("span", { class: "tok clickable" + (token.outlier ? " outlier" : ""),
+          title: token.outlier ? "norm outlier (attention sink): not encoded" : token.features.map((f) => `#${f.id} ${fmt(f.activation)}`).join("\n"),
+          onclick: () => details.replaceChildren(el("h2", {}, `features on “${shown(token.text)}”`),
+            token.features.length ? token.features.map((f) => el("div", { class: "token-feature" },
+              featureLink(f.id), ` ${fmt(f.activation)}`)) : el("p", { class: "muted" }, "no feature fires here")) },
+        shown(token.text));
+        if (best > 0) span.style.background = `rgba(234, 88, 12, ${(0.15 + 0.85 * best / scale).toFixed(3)})`;
+        return span;
+      })));
+    } catch (error) {
+      output.replaceChildren(el("p", { class: "error" }, error.message));
+    }
+  };
+  view.replaceChildren(el("h1", {}, "Try your own text"),
+    el("p", { class: "muted" }, "Each token is shaded by its strongest feature; click a token to see its features."),
+    text, el("p", {}, el("button", { id: "try-run", onclick: run }, "show features")), output, details);
+}
+
+async function steer() {
+  const prompt = el("input", { type: "text", id: "steer-prompt", value: "The best thing about Python is", size: 60 });
+  const rows = el("div", { id: "steer-features" });
+  const addRow = (id = "0", strength = "10") => rows.append(el("div", { class: "steer-row" },
+    "feature ", el("input", { type: "number", class: "steer-id", value: id, min: 0 }),
+    " strength ", el("input", { type: "number", class: "steer-strength", value: strength, step: "any" })));
+  addRow(new URLSearchParams(location.hash.split("?")[1] || "").get("feature") || "0");
+  const mode = el("select", { id: "steer-mode" }, el("option", { value: "add" }, "add decoder direction"),
+    el("option", { value: "clamp" }, "clamp feature value"));
+  const tokens = el("input", { type: "number", id: "steer-tokens", value: 24, min: 1, max: 64 });
+  const output = el("div", { id: "steer-output" });
+  const run = async () => {
+    output.replaceChildren(el("p", { class: "muted" }, "generating (the model loads on first use)…"));
+    const features = [...rows.querySelectorAll(".steer-row")].map((row) => ({
+      id: Number(row.querySelector(".steer-id").value), strength: Number(row.querySelector(".steer-strength").value),
+    }));
+    try {
+      const result = await api("/api/steer", { prompt: prompt.value, features, mode: mode.value,
+        max_new_tokens: Number(tokens.value) });
+      output.replaceChildren(el("div", { class: "columns" },
+        el("div", { class: "panel" }, el("h2", {}, "without"), el("p", { id: "steer-baseline" }, result.prompt,
+          el("b", {}, result.baseline))),
+        el("div", { class: "panel" }, el("h2", {}, "with the intervention"), el("p", { id: "steer-steered" },
+          result.prompt, el("b", {}, result.steered)))));
+    } catch (error) {
+      output.replaceChildren(el("p", { class: "error" }, error.message));
+    }
+  };
+  view.replaceChildren(el("h1", {}, "Steering playground"),
+    el("p", { class: "muted" }, "Greedy generation from the prompt, without and with the features edited at their hook."),
+    el("p", {}, "prompt ", prompt), rows, el("p", {}, el("button", { onclick: () => addRow() }, "+ feature")),
+    el("p", {}, mode, " new tokens ", tokens, " ", el("button", { id: "steer-run", onclick: run }, "generate")), output);
+}
+
+async function searchView(query) {
+  const result = await api(`/api/search?q=${encodeURIComponent(query)}`);
+  view.replaceChildren(el("h1", {}, `Features matching “${query}”`),
+    result.results.length ? el("table", { id: "search-results" },
+      el("thead", {}, el("tr", {}, el("th", {}, "id"), el("th", {}, "density"), el("th", {}, "top tokens"),
+        el("th", {}, "promotes"))),
+      el("tbody", {}, result.results.map((hit) => el("tr", {}, el("td", {}, featureLink(hit.id)),
+        el("td", { class: "num" }, pct(hit.density)), el("td", {}, hit.top_tokens.map((t) => el("span", { class: "pill" }, shown(t)))),
+        el("td", {}, hit.output_tokens.map((t) => el("span", { class: "pill" }, shown(t))))))))
+      : el("p", { class: "muted" }, "no feature matches"));
+}
+
+async function render() {
+  const hash = decodeURIComponent(location.hash.slice(1)) || "/";
+  try {
+    let match;
+    if ((match = hash.match(/^\/feature\/(\d+)/))) await featurePage(Number(match[1]));
+    else if (hash.startsWith("/try")) await tryText();
+    else if (hash.startsWith("/steer")) await steer();
+    else if ((match = hash.match(/^\/search\/(.+)$/))) await searchView(match[1]);
+    else await overview();
+  } catch (error) {
+    view.replaceChildren(el("p", { class: "error" }, error.message));
+  }
+}
+
+document.getElementById("search-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const query = document.getElementById("search").value.trim();
+  if (query) location.hash = `#/search/${encodeURIComponent(query)}`;
+});
+window.addEventListener("hashchange", render);
+render();

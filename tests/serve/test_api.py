@@ -1,0 +1,134 @@
+"""The JSON API over real HTTP against a running server process, including hostile input."""
+
+from __future__ import annotations
+
+import http.client
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from tests.atlas.conftest import WIDTH, magnitude
+
+
+def test_overview_endpoints_describe_the_atlas(server: str) -> None:
+    meta = httpx.get(f"{server}/api/meta").json()
+    assert (
+        meta["d_latent"] == WIDTH
+        and meta["hook_in"] == "layers.1.resid_post"
+        and meta["kind"] == "dictionary"
+    )
+    page = httpx.get(f"{server}/api/features", params={"sort": "max_activation", "limit": 5}).json()
+    assert page["total"] == WIDTH
+    assert [item["max_activation"] for item in page["items"]] == [magnitude(j) for j in range(31, 26, -1)]
+    second = httpx.get(
+        f"{server}/api/features", params={"sort": "id", "order": "asc", "offset": 5, "limit": 3}
+    ).json()
+    assert [item["id"] for item in second["items"]] == [5, 6, 7]
+    densities = httpx.get(f"{server}/api/densities").json()
+    assert sum(densities["counts"]) + densities["dead"] == WIDTH
+
+
+def test_feature_and_search_return_what_the_atlas_holds(server: str) -> None:
+    feature = httpx.get(f"{server}/api/features/9").json()
+    assert feature["id"] == 9 and feature["max_activation"] == magnitude(9)
+    centre = feature["top"][0]
+    assert centre["token_ids"][centre["centre"]] == 9 and centre["activations"][
+        centre["centre"]
+    ] == magnitude(9)
+    word = next(text for text, _ in feature["top_tokens"])
+    hits = httpx.get(f"{server}/api/search", params={"q": word}).json()["results"]
+    assert any(hit["id"] == 9 for hit in hits) or not word.isalnum()
+
+
+def test_try_your_own_text_shows_the_planted_features(server: str) -> None:
+    response = httpx.post(f"{server}/api/activations", json={"text": "a b c the of"}, timeout=120)
+    assert response.status_code == 200, response.text
+    tokens = response.json()["tokens"]
+    assert tokens and all(len(t["features"]) <= 5 for t in tokens)
+
+
+def test_steering_with_zero_strength_changes_nothing(server: str) -> None:
+    request = {"prompt": "the value of", "features": [{"id": 3, "strength": 0.0}], "max_new_tokens": 12}
+    null = httpx.post(f"{server}/api/steer", json=request, timeout=120).json()
+    assert null["baseline"] == null["steered"]
+    clamp = httpx.post(
+        f"{server}/api/steer", json={**request, "features": [], "mode": "clamp"}, timeout=120
+    ).json()
+    assert clamp["baseline"] == clamp["steered"] == null["baseline"]
+    strong = {**request, "features": [{"id": 3, "strength": 200.0}]}
+    steered = httpx.post(f"{server}/api/steer", json=strong, timeout=120).json()
+    assert steered["steered"] != steered["baseline"]
+
+
+def test_bad_requests_get_a_4xx_with_a_message(server: str) -> None:
+    cases = [
+        ("GET", "/api/features/32", None, 404),
+        ("GET", "/api/features/-1", None, 404),
+        ("GET", "/api/features/abc", None, 422),
+        ("GET", "/api/features?limit=100000", None, 422),
+        ("GET", "/api/features?sort=password", None, 422),
+        ("POST", "/api/activations", {"text": "x" * 2001}, 422),
+        ("POST", "/api/activations", {"text": ""}, 422),
+        ("POST", "/api/steer", {"prompt": "a", "features": [{"id": 1, "strength": 1e9}]}, 422),
+        ("POST", "/api/steer", {"prompt": "a", "features": [{"id": 99, "strength": 1}]}, 422),
+        ("POST", "/api/steer", {"prompt": "a", "features": [], "max_new_tokens": 100000}, 422),
+        ("GET", "/api/nothing", None, 404),
+    ]
+    for method, path, body, status in cases:
+        response = httpx.request(method, f"{server}{path}", json=body, timeout=60)
+        assert response.status_code == status, (path, response.text)
+        assert response.json()["detail"], path
+
+
+def test_no_url_reaches_a_file_outside_the_app(server: str) -> None:
+    netloc = urlsplit(server).netloc
+    for path in (
+        "/static/../../../../etc/passwd",
+        "/static/..%2f..%2f..%2fetc%2fpasswd",
+        "/static/%2e%2e/app.py",
+        "/../atlas.sqlite",
+        "/static//etc/passwd",
+    ):
+        connection = http.client.HTTPConnection(netloc, timeout=10)
+        connection.request("GET", path)  # sent as written: no client-side normalisation
+        response = connection.getresponse()
+        body = response.read()
+        assert response.status == 404, path
+        assert b"root:" not in body and b"SQLite" not in body
+
+
+def test_requests_while_the_model_loads_get_429_never_a_500(fresh_server: str) -> None:
+    def post(_: int) -> int:
+        return httpx.post(f"{fresh_server}/api/activations", json={"text": "hello"}, timeout=120).status_code
+
+    with ThreadPoolExecutor(6) as pool:
+        statuses = list(pool.map(post, range(6)))
+    assert set(statuses) <= {200, 429} and 200 in statuses, statuses
+    assert post(0) == 200
+
+
+def test_openapi_fuzzing_finds_no_server_error(server: str, tmp_path: Path) -> None:
+    schemathesis = Path(sys.executable).with_name("schemathesis")
+    result = subprocess.run(
+        [
+            str(schemathesis),
+            "run",
+            f"{server}/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "15",
+            "--generation-deterministic",
+            "--request-timeout",
+            "120",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-4000:]

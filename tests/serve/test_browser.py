@@ -1,0 +1,110 @@
+"""The pages in a real headless Chromium (Debian's, driven by Playwright), offline: every request that
+does not go to the local server is blocked and counted."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Browser, Page, Route, sync_playwright
+
+from tests.serve.conftest import ARTIFACTS
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+OFFLINE_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert shutil.which("chromium"), "the browser tests need Debian's chromium: apt-get install chromium"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=OFFLINE_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser, server: str) -> Iterator[Page]:
+    outside: list[str] = []
+
+    def local_only(route: Route) -> None:
+        if route.request.url.startswith(server):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    tab = context.new_page()
+    tab.route("**/*", local_only)
+    errors: list[str] = []
+    tab.on("pageerror", lambda error: errors.append(str(error)))
+    yield tab
+    context.close()
+    assert outside == [], f"the app tried to reach {outside}"
+    assert errors == [], errors
+
+
+def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_overview_search_and_feature_page(page: Page, server: str) -> None:
+    page.goto(server)
+    page.wait_for_selector("#features tbody tr")
+    assert page.locator("#features tbody tr").count() == 32
+    assert page.locator("svg.histogram rect").count() > 0
+    shot(page, "overview")
+    page.click("th[data-sort=max_activation]")
+    page.wait_for_selector("th[data-sort=max_activation]:has-text('↓')")
+    assert page.locator("#features tbody tr").first.locator("td").first.inner_text() == "#31"
+
+    page.goto(f"{server}/#/feature/9")
+    page.wait_for_selector("#top-contexts .context")
+    highlighted = page.locator("#top-contexts .tok[data-activation]")
+    assert highlighted.count() >= 6
+    assert float(highlighted.first.get_attribute("data-activation") or 0) == 3.25  # magnitude(9)
+    assert "activation 3.25" in (highlighted.first.get_attribute("title") or "")
+    assert page.locator("svg.histogram rect").count() == 1  # one activation value, one bin
+    assert page.locator("#quantiles .context").count() > 0
+    shot(page, "feature")
+
+    word = page.locator("#top-contexts .tok.centre").first.inner_text()
+    page.fill("#search", word)
+    page.press("#search", "Enter")
+    page.wait_for_selector("#search-results, .muted:has-text('no feature matches')")
+    if word.isalnum():
+        assert page.locator("#search-results a", has_text="#9").count() == 1
+    shot(page, "search")
+
+
+def test_try_your_own_text_and_steering(page: Page, server: str) -> None:
+    page.goto(f"{server}/#/try")
+    page.fill("#try-text", "the value of a class")
+    page.click("#try-run")
+    page.wait_for_selector("#try-output .tok", timeout=120_000)
+    assert page.locator("#try-output .tok").count() > 3
+    page.locator("#try-output .tok").nth(2).click()
+    page.wait_for_selector("#try-details h2")
+    shot(page, "try")
+
+    page.goto(f"{server}/#/steer")
+    page.fill("#steer-prompt", "the value of")
+    page.fill(".steer-id", "3")
+    page.fill(".steer-strength", "0")
+    page.click("#steer-run")
+    page.wait_for_selector("#steer-steered", timeout=120_000)
+    assert page.inner_text("#steer-baseline") == page.inner_text("#steer-steered")
+    page.fill(".steer-strength", "200")
+    page.click("#steer-run")
+    changed = "(s => s && s.innerText !== document.querySelector('#steer-baseline').innerText)"
+    page.wait_for_function(f"{changed}(document.querySelector('#steer-steered'))", timeout=120_000)
+    shot(page, "steer")
