@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from featurelens.atlas.explanations import Explanation, read_explanations
 from featurelens.atlas.schema import BLOB_DTYPE, FORMAT, VERSION
 from featurelens.errors import AtlasError
 
@@ -85,6 +86,7 @@ class Feature(FeatureSummary):
     input_top: list[TokenScore]
     cooccurring: list[Neighbour]
     nearest: list[Neighbour]
+    explanations: list[Explanation]
 
 
 class Atlas:
@@ -172,6 +174,7 @@ class Atlas:
             input_top=effects["input_top"],
             cooccurring=neighbours["cooccurring"],
             nearest=neighbours["nearest"],
+            explanations=read_explanations(self._db, feature),
         )
 
     def _examples(self, feature: int) -> dict[str, list[Context]]:
@@ -237,6 +240,14 @@ class Atlas:
             (limit, offset),
         )
         return [FeatureSummary(*row) for row in rows]
+
+    def token_counts(self) -> dict[int, int]:
+        """How often each token id occurs among the mapped tokens (the background for token lift)."""
+        return dict(self._db.execute("SELECT token, COUNT(*) FROM tokens GROUP BY token").fetchall())
+
+    def vocab(self) -> dict[int, str]:
+        """Decoded text of every token id the atlas mentions."""
+        return dict(self._db.execute("SELECT token, text FROM vocab").fetchall())
 
     def table(self, name: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Column names and every row of one table of :mod:`featurelens.atlas.schema` (for exports)."""

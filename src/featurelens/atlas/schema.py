@@ -33,6 +33,11 @@ Tables (``row`` always means a row of ``tokens``: one token the dictionary saw, 
                                         the write directions)
                    other INTEGER, value REAL, count INTEGER
     search         FTS5(top_tokens, output_tokens, explanations); rowid = feature id
+    explanations   feature, method  PRIMARY KEY (added by `featurelens explain`; method is ``baseline`` or
+                                    the explainer, e.g. ``local:smollm2``)
+                   model, text, scorer, detection_* and fuzzing_* (balanced_accuracy, auroc, auroc_low,
+                   auroc_high, n, n_positive), prompt_hash, seconds, created
+    explanation_skips  feature, method PRIMARY KEY; reason, created (retried by the next run)
 
 ``meta`` keys: format (``featurelens.atlas``), version, complete (true, written last), kind (``dictionary``
 or ``neurons``), dictionary, arch, hook_in, hook_out, d_in, d_latent, model, corpus, seq_len, source
@@ -101,4 +106,37 @@ CREATE TABLE neighbours (
     PRIMARY KEY (feature, kind, rank)
 ) WITHOUT ROWID;
 CREATE VIRTUAL TABLE search USING fts5(top_tokens, output_tokens, explanations);
+"""
+
+EXPLANATIONS_DDL = """
+CREATE TABLE IF NOT EXISTS explanations (
+    feature INTEGER NOT NULL,
+    method TEXT NOT NULL,
+    model TEXT NOT NULL,
+    text TEXT NOT NULL,
+    scorer TEXT NOT NULL,
+    detection_balanced_accuracy REAL,
+    detection_auroc REAL,
+    detection_auroc_low REAL,
+    detection_auroc_high REAL,
+    detection_n INTEGER,
+    detection_n_positive INTEGER,
+    fuzzing_balanced_accuracy REAL,
+    fuzzing_auroc REAL,
+    fuzzing_auroc_low REAL,
+    fuzzing_auroc_high REAL,
+    fuzzing_n INTEGER,
+    fuzzing_n_positive INTEGER,
+    prompt_hash TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    created TEXT NOT NULL,
+    PRIMARY KEY (feature, method)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS explanation_skips (
+    feature INTEGER NOT NULL,
+    method TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    created TEXT NOT NULL,
+    PRIMARY KEY (feature, method)
+) WITHOUT ROWID;
 """

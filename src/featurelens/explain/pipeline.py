@@ -1,0 +1,328 @@
+"""Explain and score the features of an atlas, resumably, always with the baseline beside the LLM.
+
+Per feature: the explainer sees the top contexts and half of the quantile samples (every other one, so
+all activation levels); the scorers use the other half (activating) and the random silent contexts
+(non-activating), which the explainer never saw. The baseline explanation is made and scored on the same
+examples by the same scorer as the LLM's, so their scores compare. Features that already hold an
+explanation by every requested method are skipped; failures are recorded per feature and method, with the
+reason, and retried by the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from featurelens.atlas import Atlas, Context, Feature
+from featurelens.atlas.explanations import Explanation, ExplanationWriter
+from featurelens.errors import FeatureLensError
+from featurelens.explain.baseline import baseline_explanation
+from featurelens.explain.client import (
+    ClientError,
+    EndpointClient,
+    LanguageModelClient,
+    LocalClient,
+    ResponseCache,
+)
+from featurelens.explain.prompts import explain_messages, parse_explanation
+from featurelens.explain.scoring import Ask, Score, client_asker, detection, fuzzing, keyword_asker
+
+EXPLAINERS = ("baseline", "local", "openai")
+SCORERS = ("keyword", "local", "openai")
+
+
+class ExplainError(FeatureLensError):
+    """Explain options that cannot work."""
+
+
+@dataclass(frozen=True)
+class ExplainJob:
+    """What to explain (see ``featurelens explain --help``)."""
+
+    atlas: str
+    explainer: str = "baseline"
+    scorer: str | None = None
+    features: str = "top:200"
+    model: str = "smollm2"
+    base_url: str | None = None
+    api_model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 4
+    timeout: float = 60.0
+    retries: int = 3
+    candidates: int = 1
+    n_examples: int = 10
+    max_tokens: int = 60
+    cache: str | None = None
+    seed: int = 0
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.explainer not in EXPLAINERS:
+            raise ExplainError(f"--explainer must be one of {', '.join(EXPLAINERS)}, got {self.explainer!r}")
+        if self.scorer is not None and self.scorer not in SCORERS:
+            raise ExplainError(f"--scorer must be one of {', '.join(SCORERS)}, got {self.scorer!r}")
+        if "openai" in (self.explainer, self.scorer) and not (self.base_url and self.api_model):
+            raise ExplainError("the openai explainer/scorer needs --base-url and --api-model")
+        for name in ("concurrency", "candidates", "n_examples", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise ExplainError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.timeout <= 0 or self.retries < 0:
+            raise ExplainError("--timeout must be positive and --retries at least 0")
+
+    @property
+    def scorer_name(self) -> str:
+        return self.scorer or ("keyword" if self.explainer == "baseline" else self.explainer)
+
+
+@dataclass
+class ExplainSummary:
+    """What a run did: per method, the features explained and their mean scores; skips by reason."""
+
+    features: int = 0
+    explained: dict[str, int] = field(default_factory=dict)
+    detection_auroc: dict[str, list[float]] = field(default_factory=dict)
+    fuzzing_auroc: dict[str, list[float]] = field(default_factory=dict)
+    skipped: Counter[str] = field(default_factory=Counter)
+    llm_beats_baseline: int = 0
+    compared: int = 0
+    already_done: int = 0
+    seconds: float = 0.0
+
+
+def select_features(atlas: Atlas, spec: str, seed: int) -> list[int]:
+    """``top:N`` (the N densest that fired), ``random:N``, ``all``, or ids and ranges like ``3,7,10-20``."""
+    n = len(atlas)
+    kind, _, count = spec.partition(":")
+    try:
+        if kind == "all":
+            return list(range(n))
+        if kind == "top":
+            return [f.id for f in atlas.features(sort="density", limit=int(count)) if f.count > 0]
+        if kind == "random":
+            return sorted(random.Random(seed).sample(range(n), min(int(count), n)))
+        chosen: list[int] = []
+        for part in spec.split(","):
+            first, _, last = part.strip().partition("-")
+            chosen.extend(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise ExplainError(f"--features {spec!r}: use top:N, random:N, all, or ids like 3,7,10-20") from None
+    for feature in chosen:
+        atlas.check_id(feature)
+    return list(dict.fromkeys(chosen))
+
+
+def _client(kind: str, job: ExplainJob, cache: ResponseCache) -> LanguageModelClient:
+    if kind == "local":
+        return LocalClient(job.model, device=job.device, cache=cache)
+    assert job.base_url and job.api_model
+    return EndpointClient(
+        job.base_url,
+        job.api_model,
+        api_key_env=job.api_key_env,
+        timeout=job.timeout,
+        retries=job.retries,
+        cache=cache,
+    )
+
+
+@dataclass(frozen=True)
+class _Examples:
+    shown: list[Context]
+    activating: list[Context]
+    silent: list[Context]
+
+
+def split_examples(feature: Feature, n_shown: int) -> _Examples:
+    """Top contexts and even-ranked quantile samples for the explainer; the rest held out for scoring."""
+    return _Examples(
+        shown=feature.top[:n_shown] + feature.quantiles[::2],
+        activating=feature.quantiles[1::2],
+        silent=feature.negatives,
+    )
+
+
+def _explanation(
+    feature: int,
+    method: str,
+    model: str,
+    text: str,
+    scorer: str,
+    scores: tuple[Score, Score],
+    digest: str,
+    seconds: float,
+) -> Explanation:
+    found, fuzzed = scores
+    return Explanation(
+        feature, method, model, text, scorer,
+        found.balanced_accuracy, found.auroc, found.auroc_low, found.auroc_high, found.n, found.n_positive,
+        fuzzed.balanced_accuracy, fuzzed.auroc, fuzzed.auroc_low, fuzzed.auroc_high,
+        fuzzed.n, fuzzed.n_positive, digest, seconds, time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )  # fmt: skip
+
+
+class _Explainer:
+    """Everything one feature needs: the background statistics, the explainer client and the scorer."""
+
+    def __init__(self, atlas: Atlas, job: ExplainJob) -> None:
+        self.atlas = atlas
+        self.job = job
+        self.background = Counter(atlas.token_counts())
+        self.vocab = atlas.vocab()
+        cache_path = (
+            Path(job.cache)
+            if job.cache
+            else Path(job.atlas).with_name(f".{Path(job.atlas).name}.llm-cache.sqlite")
+        )
+        cache = ResponseCache(cache_path)
+        self.client = _client(job.explainer, job, cache) if job.explainer != "baseline" else None
+        scorer = job.scorer_name
+        if scorer == "keyword":
+            self.ask: Ask = keyword_asker
+            self.scorer_label = "keyword"
+        else:
+            same = self.client is not None and scorer == job.explainer
+            scoring_client = self.client if same and self.client is not None else _client(scorer, job, cache)
+            self.ask = client_asker(scoring_client)
+            self.scorer_label = scoring_client.name
+        self.methods = ["baseline"] + ([self.client.name] if self.client is not None else [])
+
+    def _scores(self, text: str, examples: _Examples, feature: int) -> tuple[Score, Score]:
+        seed = self.job.seed * 1_000_003 + feature
+        return (
+            detection(self.ask, text, examples.activating, examples.silent, seed),
+            fuzzing(self.ask, text, examples.activating, seed),
+        )
+
+    def run(self, feature_id: int) -> tuple[int, list[Explanation], dict[str, str]]:
+        feature = self.atlas.feature(feature_id)
+        examples = split_examples(feature, self.job.n_examples)
+        if not feature.top:
+            return feature_id, [], dict.fromkeys(self.methods, "never fired: no examples")
+        if not examples.activating or not examples.silent:
+            return feature_id, [], dict.fromkeys(self.methods, "no held-out activating or silent examples")
+        messages = explain_messages(examples.shown)
+        digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
+        done: list[Explanation] = []
+        skips: dict[str, str] = {}
+        started = time.perf_counter()
+        text = baseline_explanation(feature, examples.shown, self.background, self.vocab)
+        try:
+            scores = self._scores(text, examples, feature_id)
+            done.append(
+                _explanation(
+                    feature_id,
+                    "baseline",
+                    "none",
+                    text,
+                    self.scorer_label,
+                    scores,
+                    digest,
+                    time.perf_counter() - started,
+                )
+            )
+        except ClientError as error:
+            skips["baseline"] = f"scorer failed: {error}"
+        if self.client is not None:
+            started = time.perf_counter()
+            try:
+                best: tuple[float, str, tuple[Score, Score]] | None = None
+                for attempt in range(self.job.candidates):
+                    prompt = (
+                        messages
+                        if attempt == 0
+                        else [
+                            *messages,
+                            {"role": "user", "content": f"Another, different explanation (#{attempt + 1})?"},
+                        ]
+                    )
+                    candidate = parse_explanation(self.client.generate(prompt, self.job.max_tokens))
+                    scores = self._scores(candidate, examples, feature_id)
+                    rank = scores[0].auroc if scores[0].auroc is not None else scores[0].balanced_accuracy
+                    if best is None or rank > best[0]:
+                        best = (rank, candidate, scores)
+                assert best is not None
+                done.append(
+                    _explanation(
+                        feature_id,
+                        self.client.name,
+                        self.client.name,
+                        best[1],
+                        self.scorer_label,
+                        best[2],
+                        digest,
+                        time.perf_counter() - started,
+                    )
+                )
+            except ClientError as error:
+                skips[self.client.name] = str(error)
+        return feature_id, done, skips
+
+
+def explain_atlas(job: ExplainJob, on_feature: Callable[[int, int], None] | None = None) -> ExplainSummary:
+    """Explain ``job.features`` of ``job.atlas`` (only what is missing) and store the results in it.
+
+    ``on_feature(done, total)`` is called after each feature (for progress bars).
+    """
+    started = time.perf_counter()
+    writer = ExplanationWriter(Path(job.atlas))
+    summary = ExplainSummary()
+    try:
+        with Atlas.open(job.atlas) as atlas:
+            explainer = _Explainer(atlas, job)
+            wanted = select_features(atlas, job.features, job.seed)
+            finished = set.intersection(*(writer.done(method) for method in explainer.methods))
+            todo = [f for f in wanted if f not in finished]
+            summary.features, summary.already_done = len(wanted), len(wanted) - len(todo)
+            workers = (
+                1
+                if explainer.client is None or isinstance(explainer.client, LocalClient)
+                else job.concurrency
+            )
+            for index, (feature, explanations, skips) in enumerate(_map(explainer.run, todo, workers)):
+                writer.save(feature, explanations, skips)
+                _tally(summary, explanations, skips)
+                if on_feature is not None:
+                    on_feature(index + 1, len(todo))
+    finally:
+        writer.close()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _map(
+    run: Callable[[int], tuple[int, list[Explanation], dict[str, str]]], todo: list[int], workers: int
+) -> Iterator[tuple[int, list[Explanation], dict[str, str]]]:
+    if workers == 1:
+        yield from map(run, todo)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        yield from pool.map(run, todo)
+
+
+def _tally(summary: ExplainSummary, explanations: list[Explanation], skips: dict[str, str]) -> None:
+    by_method = {e.method: e for e in explanations}
+    for e in explanations:
+        summary.explained[e.method] = summary.explained.get(e.method, 0) + 1
+        if e.detection_auroc is not None:
+            summary.detection_auroc.setdefault(e.method, []).append(e.detection_auroc)
+        if e.fuzzing_auroc is not None:
+            summary.fuzzing_auroc.setdefault(e.method, []).append(e.fuzzing_auroc)
+    summary.skipped.update(skips.values())
+    baseline = by_method.get("baseline")
+    llm = [e for method, e in by_method.items() if method != "baseline"]
+    if (
+        baseline is not None
+        and llm
+        and baseline.detection_auroc is not None
+        and llm[0].detection_auroc is not None
+    ):
+        summary.compared += 1
+        summary.llm_beats_baseline += llm[0].detection_auroc > baseline.detection_auroc

@@ -1,0 +1,145 @@
+"""Score an explanation on held-out examples: detection and fuzzing, balanced accuracy and AUROC.
+
+* **detection**: for activating contexts (quantile samples the explainer did not see) and non-activating
+  ones, does the explanation predict that the feature fires somewhere in the text?
+* **fuzzing**: for each activating context, once with its truly active tokens marked and once with as many
+  other tokens marked: are the marked tokens the ones the explanation describes?
+
+A scorer returns P(yes) for each question. The ``keyword`` scorer needs no language model: it says yes
+(1.0) when the text (detection) or every marked token (fuzzing) matches a token quoted in the explanation
+(for baseline phrases, the quoted tokens before "; promotes"). AUROC has a bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from featurelens.atlas import Context
+from featurelens.explain.client import LanguageModelClient
+from featurelens.explain.prompts import detection_messages, fuzzing_messages
+
+BOOTSTRAP = 200
+_QUOTED = re.compile(r'"([^"]+)"|“([^”]+)”')
+
+
+@dataclass(frozen=True)
+class Score:
+    """One scorer's verdict on one explanation: metrics over ``n`` questions (``n_positive`` of them true)."""
+
+    balanced_accuracy: float
+    auroc: float | None
+    auroc_low: float | None
+    auroc_high: float | None
+    n: int
+    n_positive: int
+
+
+def auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.ndarray) -> float | None:
+    """Area under the ROC curve (ties count half); None without both classes."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if not n_pos or not n_neg:
+        return None
+    order = np.argsort(s, kind="stable")
+    ranks = np.empty(len(s))
+    sorted_s = s[order]
+    # average ranks over ties
+    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
+    ends = np.r_[starts[1:], len(s)]
+    for a, b in zip(starts, ends, strict=True):
+        ranks[order[a:b]] = (a + b + 1) / 2
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def balanced_accuracy(scores: Sequence[float], labels: Sequence[bool], threshold: float = 0.5) -> float:
+    """Mean of the true-positive and true-negative rates of ``score > threshold`` (a missing class: 0.5)."""
+    s = np.asarray(scores, dtype=np.float64) > threshold
+    y = np.asarray(labels, dtype=bool)
+    rates = [
+        float((s[mask] == target).mean()) if mask.any() else 0.5 for mask, target in ((y, True), (~y, False))
+    ]
+    return float(np.mean(rates))
+
+
+def score(scores: Sequence[float], labels: Sequence[bool], seed: int = 0) -> Score:
+    """Balanced accuracy, AUROC and its 95% bootstrap interval (:data:`BOOTSTRAP` resamples)."""
+    area = auroc(scores, labels)
+    low = high = None
+    if area is not None:
+        rng = np.random.default_rng(seed)
+        s, y = np.asarray(scores), np.asarray(labels, dtype=bool)
+        samples = []
+        for _ in range(BOOTSTRAP):
+            pick = rng.integers(0, len(s), len(s))
+            value = auroc(s[pick], y[pick])
+            if value is not None:
+                samples.append(value)
+        if samples:
+            low, high = (float(q) for q in np.percentile(samples, [2.5, 97.5]))
+    return Score(balanced_accuracy(scores, labels), area, low, high, len(labels), int(sum(labels)))
+
+
+def keywords(explanation: str) -> set[str]:
+    """Tokens quoted in ``explanation`` (before a "; promotes" clause), stripped, case kept."""
+    head = explanation.split("; promotes")[0]
+    return {(a or b).strip() for a, b in _QUOTED.findall(head) if (a or b).strip()}
+
+
+def active_positions(context: Context) -> set[int]:
+    return {i for i, value in enumerate(context.activations) if value > 0}
+
+
+def decoy_positions(context: Context, rng: random.Random) -> set[int]:
+    """As many positions as are active, chosen among the inactive ones (all inactive if fewer)."""
+    active = active_positions(context)
+    others = [i for i in range(len(context.tokens)) if i not in active]
+    return set(rng.sample(others, min(len(active), len(others))))
+
+
+Ask = Callable[[str, Context, set[int] | None], float]
+
+
+def keyword_asker(explanation: str, context: Context, marked: set[int] | None) -> float:
+    """The LLM-free scorer (see the module docstring)."""
+    words = keywords(explanation)
+    tokens = [t.strip() for t in context.tokens]
+    if marked is None:
+        return float(any(t in words for t in tokens))
+    return float(bool(marked) and all(tokens[i] in words for i in marked))
+
+
+def client_asker(client: LanguageModelClient) -> Ask:
+    """Ask ``client`` each question; P(yes) from its logits or logprobs."""
+
+    def ask(explanation: str, context: Context, marked: set[int] | None) -> float:
+        if marked is None:
+            return client.yes_probability(detection_messages(explanation, context)).p_yes
+        return client.yes_probability(fuzzing_messages(explanation, context, marked)).p_yes
+
+    return ask
+
+
+def detection(
+    ask: Ask, explanation: str, activating: list[Context], silent: list[Context], seed: int
+) -> Score:
+    scores = [ask(explanation, c, None) for c in activating + silent]
+    return score(scores, [True] * len(activating) + [False] * len(silent), seed)
+
+
+def fuzzing(ask: Ask, explanation: str, activating: list[Context], seed: int) -> Score:
+    rng = random.Random(seed)
+    scores, labels = [], []
+    for context in activating:
+        scores.append(ask(explanation, context, active_positions(context)))
+        labels.append(True)
+        decoys = decoy_positions(context, rng)
+        if decoys:
+            scores.append(ask(explanation, context, decoys))
+            labels.append(False)
+    return score(scores, labels, seed)
