@@ -56,6 +56,7 @@ def test_explanations_are_parsed_without_swallowing_reasoning() -> None:
     assert parse_explanation(reply) == "month names in dates"
     assert parse_explanation('**Explanation:** "the word class"') == "the word class"
     assert parse_explanation("numbers\nin code") == "in code"
+    assert parse_explanation("2. **Comments**: lines after <<#>>") == "Comments: lines after #"
     with pytest.raises(ClientError):
         parse_explanation("   \n  ")
     assert len(parse_explanation("Explanation: " + "x" * 500)) == 200

@@ -59,6 +59,9 @@ class ExplanationWriter:
 
         Atlas.open(path).close()  # refuses anything that is not a complete atlas
         self._db = sqlite3.connect(path)
+        self._db.execute(
+            "PRAGMA synchronous = OFF"
+        )  # a killed run still rolls back cleanly; results recompute
         self._db.executescript(EXPLANATIONS_DDL)
         self._db.commit()
 

@@ -98,6 +98,8 @@ class Atlas:
         self._db = connection
         self.n_features = int(meta["d_latent"])
         self._edges: list[float] = meta["histogram_edges"]
+        self._stream: np.ndarray | None = None
+        self._vocab: dict[int, str] | None = None
 
     @classmethod
     def open(cls, path: str | Path) -> Atlas:
@@ -246,8 +248,10 @@ class Atlas:
         return dict(self._db.execute("SELECT token, COUNT(*) FROM tokens GROUP BY token").fetchall())
 
     def vocab(self) -> dict[int, str]:
-        """Decoded text of every token id the atlas mentions."""
-        return dict(self._db.execute("SELECT token, text FROM vocab").fetchall())
+        """Decoded text of every token id the atlas mentions (read once)."""
+        if self._vocab is None:
+            self._vocab = dict(self._db.execute("SELECT token, text FROM vocab").fetchall())
+        return self._vocab
 
     def table(self, name: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Column names and every row of one table of :mod:`featurelens.atlas.schema` (for exports)."""

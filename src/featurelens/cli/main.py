@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from featurelens.cli import atlas, capture, evaluate, export, hooks, info, run, serve, show, train
+from featurelens.cli import atlas, capture, evaluate, explain, export, hooks, info, run, serve, show, train
 from featurelens.errors import FeatureLensError
 
 VERBS = {
@@ -17,6 +17,7 @@ VERBS = {
     "train": train,
     "evaluate": evaluate,
     "atlas": atlas,
+    "explain": explain,
     "show": show,
     "serve": serve,
     "export": export,
@@ -33,6 +34,7 @@ The loop, one verb per stage:
   train     train sparse dictionaries (TopK/BatchTopK/JumpReLU/ReLU SAEs, transcoders) on a store
   evaluate  measure a dictionary: FVU, L0, dead latents, the model's loss with it spliced in
   atlas     map every feature: densities, top contexts, logit effects, neighbours (SQLite)
+  explain   explain features (baseline or an LLM) and score them on held-out examples
   show      a feature card, an atlas overview or a search, in the terminal
   serve     browse an atlas in a local web app: search, feature pages, try text, steer
   export    convert a dictionary to SAELens or sparsify format (and back)

@@ -1,13 +1,15 @@
-"""The main job on the bundled defaults: capture, train a sparse dictionary, evaluate it, map its features.
+"""The main job on the bundled defaults: capture, train, evaluate, map and explain a sparse dictionary.
 
 1. capture layers.15.resid_post of SmolLM2-135M-Instruct on Python's own docs (--tokens) into OUT/acts;
 2. train a TopK SAE (k=32, 16x expansion, 2 epochs, the last 10% of rows held out) into OUT/sae;
 3. evaluate it in the model on text it never saw (--eval-tokens): FVU, L0, dead latents, CE loss recovered;
 4. map every feature into OUT/atlas.sqlite (--atlas-tokens of the capture): densities, top contexts,
    logit effects, neighbours; look at it with `featurelens show OUT/atlas.sqlite [ID]`;
-5. print the command that serves the web app on it (or serve it: --serve).
+5. explain every feature with the baseline, and the densest few (--explain-local) with the bundled model,
+   scored on held-out examples;
+6. print the command that serves the web app on it (or serve it: --serve).
 On this project's 2-core CPU the defaults take about five minutes. A rerun reuses finished stages and
-continues interrupted ones; --overwrite redoes everything. Explanations join the same command later.
+continues interrupted ones; --overwrite redoes everything.
 
 examples:
   featurelens run
@@ -33,6 +35,7 @@ from featurelens.cli.atlas import build_with_progress
 from featurelens.cli.atlas import print_summary as print_atlas_summary
 from featurelens.cli.capture import capture_with_progress, print_result
 from featurelens.cli.evaluate import add_evaluation_arguments, evaluate_folder, print_evaluation
+from featurelens.cli.explain import explain_with_progress, print_explain_summary
 from featurelens.cli.info import print_summary
 from featurelens.cli.train import (
     add_dictionary_arguments,
@@ -43,6 +46,7 @@ from featurelens.cli.train import (
 from featurelens.corpus import CorpusConfig
 from featurelens.dictionaries.base import DictionaryError
 from featurelens.errors import FeatureLensError
+from featurelens.explain import ExplainJob
 from featurelens.training.config import TrainConfig
 from featurelens.training.from_store import StoreTraining, is_finished, read_training, train_on_store
 
@@ -67,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_evaluation_arguments(parser)
     parser.add_argument(
         "--atlas-tokens", type=int, default=None, help="captured tokens to map (default: all of them)"
+    )
+    parser.add_argument(
+        "--explain-local",
+        type=int,
+        default=3,
+        help="densest features the bundled model also explains (0: none)",
     )
     parser.add_argument("--serve", action="store_true", help="finish by serving the web app on 127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="port for --serve")
@@ -150,9 +160,18 @@ def main(args: argparse.Namespace) -> int:
         mapping = AtlasJob(str(sae), str(atlas), tokens=tokens, device=args.device, overwrite=True)
         print_atlas_summary(build_with_progress(mapping, console), console)
 
+    console.rule("[bold]5. explain")
+    baseline = ExplainJob(str(atlas), features="all")
+    print_explain_summary(explain_with_progress(baseline, console), console)
+    if args.explain_local:
+        local = ExplainJob(
+            str(atlas), explainer="local", features=f"top:{args.explain_local}", device=args.device
+        )
+        print_explain_summary(explain_with_progress(local, console), console)
+
     command = f"featurelens serve {atlas}"
     if args.serve:
-        console.rule("[bold]5. serve")
+        console.rule("[bold]6. serve")
         return serve.main(
             argparse.Namespace(
                 atlas=str(atlas), port=args.port, host="127.0.0.1", model=None, device=args.device

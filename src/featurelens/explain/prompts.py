@@ -78,6 +78,8 @@ def parse_explanation(reply: str) -> str:
     lines = [line.strip() for line in reply.splitlines() if line.strip()]
     labelled = [line for line in lines if _ANSWER.match(line)]
     chosen = _ANSWER.sub("", labelled[-1]) if labelled else (lines[-1] if lines else "")
+    chosen = re.sub(r"^(\d+[.)]|[-*•])\s+", "", chosen.strip())  # a list item's number or bullet
+    chosen = chosen.replace(OPEN, "").replace(CLOSE, "").replace("**", "")
     chosen = chosen.strip().strip("*_`\"'“”").strip()
     chosen = re.sub(r"\s+", " ", chosen)[:MAX_EXPLANATION_CHARS].strip()
     if not chosen:

@@ -39,22 +39,19 @@ class Score:
     n_positive: int
 
 
+def _wins(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """[n_pos, n_neg]: 1 where a positive outscores a negative, 0.5 on a tie, else 0."""
+    pos, neg = scores[labels][:, None], scores[~labels][None, :]
+    return (pos > neg) + 0.5 * (pos == neg)
+
+
 def auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.ndarray) -> float | None:
-    """Area under the ROC curve (ties count half); None without both classes."""
-    s = np.asarray(scores, dtype=np.float64)
+    """Area under the ROC curve: the share of (positive, negative) pairs ranked right, ties counting half
+    (exact, O(n_pos * n_neg), for the few dozen questions per feature); None without both classes."""
     y = np.asarray(labels, dtype=bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if not n_pos or not n_neg:
+    if y.all() or not y.any():
         return None
-    order = np.argsort(s, kind="stable")
-    ranks = np.empty(len(s))
-    sorted_s = s[order]
-    # average ranks over ties
-    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
-    ends = np.r_[starts[1:], len(s)]
-    for a, b in zip(starts, ends, strict=True):
-        ranks[order[a:b]] = (a + b + 1) / 2
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(_wins(np.asarray(scores, dtype=np.float64), y).mean())
 
 
 def balanced_accuracy(scores: Sequence[float], labels: Sequence[bool], threshold: float = 0.5) -> float:
@@ -68,19 +65,19 @@ def balanced_accuracy(scores: Sequence[float], labels: Sequence[bool], threshold
 
 
 def score(scores: Sequence[float], labels: Sequence[bool], seed: int = 0) -> Score:
-    """Balanced accuracy, AUROC and its 95% bootstrap interval (:data:`BOOTSTRAP` resamples)."""
+    """Balanced accuracy, AUROC and its 95% bootstrap interval (:data:`BOOTSTRAP` resamples, all at once:
+    a resample's AUROC is the pair-win matrix weighted by how often it drew each question)."""
     area = auroc(scores, labels)
     low = high = None
     if area is not None:
-        rng = np.random.default_rng(seed)
-        s, y = np.asarray(scores), np.asarray(labels, dtype=bool)
-        samples = []
-        for _ in range(BOOTSTRAP):
-            pick = rng.integers(0, len(s), len(s))
-            value = auroc(s[pick], y[pick])
-            if value is not None:
-                samples.append(value)
-        if samples:
+        s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
+        picks = np.random.default_rng(seed).integers(0, len(s), (BOOTSTRAP, len(s)))
+        drawn = (picks[:, :, None] == np.arange(len(s))).sum(1).astype(np.float64)  # [B, n] draw counts
+        pos, neg = drawn[:, y], drawn[:, ~y]
+        pairs = pos.sum(1) * neg.sum(1)
+        wins = np.einsum("bi,ij,bj->b", pos, _wins(s, y), neg)
+        samples = wins[pairs > 0] / pairs[pairs > 0]
+        if len(samples):
             low, high = (float(q) for q in np.percentile(samples, [2.5, 97.5]))
     return Score(balanced_accuracy(scores, labels), area, low, high, len(labels), int(sum(labels)))
 
