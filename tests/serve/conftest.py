@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from featurelens.atlas import AtlasJob, AtlasSettings, build_atlas
+from featurelens.explain import ExplainJob, explain_atlas
 from tests.atlas.conftest import plant
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "web"
@@ -56,6 +57,7 @@ def atlas_path(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -
             str(root / "sae"), str(out), acts=str(root / "acts"), model=planted["model"], settings=settings
         )
     )
+    explain_atlas(ExplainJob(str(out), features="all"))  # baseline explanations for the pages to show
     return out
 
 

@@ -39,6 +39,8 @@ def test_feature_and_search_return_what_the_atlas_holds(server: str) -> None:
     assert centre["token_ids"][centre["centre"]] == 9 and centre["activations"][
         centre["centre"]
     ] == magnitude(9)
+    (explanation,) = feature["explanations"]
+    assert explanation["method"] == "baseline" and explanation["detection_balanced_accuracy"] >= 0.9
     word = next(text for text, _ in feature["top_tokens"])
     hits = httpx.get(f"{server}/api/search", params={"q": word}).json()["results"]
     assert any(hit["id"] == 9 for hit in hits) or not word.isalnum()

@@ -61,6 +61,8 @@ def test_overview_search_and_feature_page(page: Page, server: str) -> None:
     page.goto(server)
     page.wait_for_selector("#features tbody tr")
     assert page.locator("#features tbody tr").count() == 32
+    assert "null" not in page.inner_text("main")
+    assert "fires on" in page.locator("#features tbody tr td.explanation").first.inner_text()
     assert page.locator("svg.histogram rect").count() > 0
     shot(page, "overview")
     page.click("th[data-sort=max_activation]")
@@ -75,6 +77,7 @@ def test_overview_search_and_feature_page(page: Page, server: str) -> None:
     assert "activation 3.25" in (highlighted.first.get_attribute("title") or "")
     assert page.locator("svg.histogram rect").count() == 1  # one activation value, one bin
     assert page.locator("#quantiles .context").count() > 0
+    assert "baseline" in page.inner_text("#explanations")
     shot(page, "feature")
 
     word = page.locator("#top-contexts .tok.centre").first.inner_text()

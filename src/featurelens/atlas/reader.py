@@ -17,7 +17,7 @@ from featurelens.atlas.schema import BLOB_DTYPE, FORMAT, VERSION
 from featurelens.errors import AtlasError
 
 TABLES = ("features", "examples", "tokens", "vocab", "token_effects", "neighbours")
-SORTABLE = ("id", "density", "count", "mean_activation", "max_activation")
+SORTABLE = ("id", "density", "count", "mean_activation", "max_activation", "explanation_score")
 
 
 @dataclass(frozen=True)
@@ -65,11 +65,15 @@ class Histogram:
 
 @dataclass(frozen=True)
 class FeatureSummary:
+    """One feature in a list; ``explanation`` is its best-scoring one (by detection AUROC), if any."""
+
     id: int
     count: int
     density: float
     mean_activation: float | None
     max_activation: float | None
+    explanation: str | None
+    explanation_score: float | None
 
 
 @dataclass(frozen=True)
@@ -160,12 +164,17 @@ class Atlas:
         examples = self._examples(feature)
         effects = self._token_effects(feature)
         neighbours = self._neighbours(feature)
+        explanations = read_explanations(self._db, feature)
+        scored = [e for e in explanations if e.detection_auroc is not None]
+        best = max(scored, key=lambda e: e.detection_auroc or 0.0) if scored else None
         return Feature(
             id=feature,
             count=count,
             density=density,
             mean_activation=mean,
             max_activation=maximum,
+            explanation=best.text if best else None,
+            explanation_score=best.detection_auroc if best else None,
             histogram=Histogram(self._edges[first : first + len(counts) + 1] if counts else [], counts),
             top_tokens=[(text, n) for text, n in json.loads(top_tokens)],
             top=examples["top"],
@@ -176,7 +185,7 @@ class Atlas:
             input_top=effects["input_top"],
             cooccurring=neighbours["cooccurring"],
             nearest=neighbours["nearest"],
-            explanations=read_explanations(self._db, feature),
+            explanations=explanations,
         )
 
     def _examples(self, feature: int) -> dict[str, list[Context]]:
@@ -236,9 +245,17 @@ class Atlas:
         if limit < 0 or offset < 0:
             raise AtlasError(f"limit and offset must be >= 0, got {limit} and {offset}")
         direction = "DESC" if descending else "ASC"
+        explained = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'explanations'").fetchone()
+        best = (
+            "(SELECT feature, text, MAX(detection_auroc) AS score FROM explanations GROUP BY feature)"
+            if explained
+            else "(SELECT NULL AS feature, NULL AS text, NULL AS score)"
+        )
+        column = "e.score" if sort == "explanation_score" else f"f.{sort}"
         rows = self._db.execute(
-            f"SELECT id, count, density, mean_activation, max_activation FROM features "
-            f"ORDER BY {sort} IS NULL, {sort} {direction}, id LIMIT ? OFFSET ?",
+            "SELECT f.id, f.count, f.density, f.mean_activation, f.max_activation, e.text, e.score "
+            f"FROM features f LEFT JOIN {best} e ON e.feature = f.id "
+            f"ORDER BY {column} IS NULL, {column} {direction}, f.id LIMIT ? OFFSET ?",
             (limit, offset),
         )
         return [FeatureSummary(*row) for row in rows]

@@ -84,6 +84,12 @@ def print_feature(atlas: Atlas, feature: Feature, console: Console, contexts: in
             f"{edges[0]:.3g} … {edges[-1]:.3g} (log scale)"
         )
         console.print("top tokens: " + "  ".join(f"{t!r}×{n}" for t, n in feature.top_tokens[:10]))
+    for explanation in feature.explanations:
+        auroc = explanation.detection_auroc
+        console.print(
+            f"[bold]{explanation.text}[/] — {explanation.method}, detection AUROC "
+            f"{'—' if auroc is None else f'{auroc:.2f}'} (scored by {explanation.scorer})"
+        )
     console.print(f"promotes:   {_scores(feature.output_top)}")
     console.print(f"suppresses: {_scores(feature.output_bottom)}")
     if feature.input_top:

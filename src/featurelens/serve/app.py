@@ -179,7 +179,9 @@ def create_app(atlas_path: str | Path, *, model: str | None = None, device: str 
 
     @app.get("/api/features")
     def features(
-        sort: Literal["id", "density", "count", "mean_activation", "max_activation"] = "density",
+        sort: Literal[
+            "id", "density", "count", "mean_activation", "max_activation", "explanation_score"
+        ] = "density",
         order: Literal["asc", "desc"] = "desc",
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,

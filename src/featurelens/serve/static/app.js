@@ -17,6 +17,10 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+function put(...children) {  // show a view; null children (absent sections) are left out
+  view.replaceChildren(...children.flat().filter((child) => child !== null && child !== undefined));
+}
+
 async function api(path, body) {
   const options = body === undefined ? {} : {
     method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
@@ -100,7 +104,8 @@ async function overview() {
   const evaluation = meta.evaluation || {};
   const evalStats = [["FVU", evaluation.fvu, fmt], ["L0", evaluation.l0, fmt], ["dead", evaluation.dead_fraction, pct],
     ["CE loss recovered", evaluation.ce_loss_recovered, pct]].filter(([, v]) => v !== undefined && v !== null);
-  const columns = [["id", "id"], ["density", "density"], ["mean_activation", "mean act"], ["max_activation", "max act"]];
+  const columns = [["id", "id"], ["density", "density"], ["mean_activation", "mean act"], ["max_activation", "max act"],
+    ["explanation_score", "explanation (detection AUROC)"]];
   const head = el("tr", {}, columns.map(([key, label]) => el("th", {
     class: "sortable", "data-sort": key,
     onclick: () => {
@@ -110,9 +115,10 @@ async function overview() {
   }, label + (state.sort === key ? (state.order === "desc" ? " ↓" : " ↑") : ""))));
   const rows = page.items.map((f) => el("tr", { class: "feature-row" },
     el("td", {}, featureLink(f.id)), el("td", { class: "num" }, pct(f.density)),
-    el("td", { class: "num" }, fmt(f.mean_activation)), el("td", { class: "num" }, fmt(f.max_activation))));
+    el("td", { class: "num" }, fmt(f.mean_activation)), el("td", { class: "num" }, fmt(f.max_activation)),
+    el("td", { class: "explanation" }, f.explanation ? `${f.explanation} (${fmt(f.explanation_score, 2)})` : "")));
   const last = Math.min(page.total, state.offset + state.limit);
-  view.replaceChildren(
+  put(
     el("h1", {}, `${meta.kind === "neurons" ? "Neurons" : "Features"} of ${meta.hook_in}`),
     el("div", { class: "stats" },
       el("span", {}, "model ", el("b", {}, meta.model)), el("span", {}, "dictionary ", el("b", {}, meta.arch)),
@@ -142,14 +148,20 @@ async function featurePage(id) {
   const scale = f.max_activation || 0;
   const byBin = new Map();
   for (const c of f.quantiles) byBin.set(c.bin, [...(byBin.get(c.bin) || []), c]);
-  view.replaceChildren(
+  put(
     el("h1", {}, `Feature ${f.id}`),
     el("div", { class: "stats" },
       el("span", {}, "density ", el("b", {}, pct(f.density))), el("span", {}, "fired on ", el("b", {}, f.count), " tokens"),
       el("span", {}, "mean ", el("b", {}, fmt(f.mean_activation))), el("span", {}, "max ", el("b", {}, fmt(f.max_activation))),
       el("span", {}, featureLink(Math.max(0, f.id - 1), "← previous"), " ", featureLink(f.id + 1, "next →"))),
-    el("div", { id: "explanations" }, (f.explanations || []).map((e) => el("p", {}, el("b", {}, e.text),
-      el("span", { class: "muted" }, ` (${e.method}, score ${fmt(e.score)})`)))),
+    f.explanations.length ? el("table", { id: "explanations" },
+      el("thead", {}, el("tr", {}, ["explanation", "by", "detection AUROC [95% CI]", "fuzzing AUROC", "balanced acc."]
+        .map((h) => el("th", {}, h)))),
+      el("tbody", {}, f.explanations.map((e) => el("tr", {},
+        el("td", {}, el("b", {}, e.text)), el("td", { class: "muted" }, `${e.method} (scored by ${e.scorer})`),
+        el("td", { class: "num" }, `${fmt(e.detection_auroc, 2)} [${fmt(e.detection_auroc_low, 2)}, ${fmt(e.detection_auroc_high, 2)}]`),
+        el("td", { class: "num" }, fmt(e.fuzzing_auroc, 2)), el("td", { class: "num" }, fmt(e.detection_balanced_accuracy, 2))))))
+      : el("p", { class: "muted" }, "not explained yet: featurelens explain ATLAS"),
     el("h2", {}, "activation histogram (non-zero)"),
     f.histogram.counts.length ? histogram(f.histogram.edges, f.histogram.counts, { log: true })
       : el("p", { class: "muted" }, "never fired"),
@@ -192,7 +204,7 @@ async function tryText() {
       output.replaceChildren(el("p", { class: "error" }, error.message));
     }
   };
-  view.replaceChildren(el("h1", {}, "Try your own text"),
+  put(el("h1", {}, "Try your own text"),
     el("p", { class: "muted" }, "Each token is shaded by its strongest feature; click a token to see its features."),
     text, el("p", {}, el("button", { id: "try-run", onclick: run }, "show features")), output, details);
 }
@@ -225,7 +237,7 @@ async function steer() {
       output.replaceChildren(el("p", { class: "error" }, error.message));
     }
   };
-  view.replaceChildren(el("h1", {}, "Steering playground"),
+  put(el("h1", {}, "Steering playground"),
     el("p", { class: "muted" }, "Greedy generation from the prompt, without and with the features edited at their hook."),
     el("p", {}, "prompt ", prompt), rows, el("p", {}, el("button", { onclick: () => addRow() }, "+ feature")),
     el("p", {}, mode, " new tokens ", tokens, " ", el("button", { id: "steer-run", onclick: run }, "generate")), output);
@@ -233,7 +245,7 @@ async function steer() {
 
 async function searchView(query) {
   const result = await api(`/api/search?q=${encodeURIComponent(query)}`);
-  view.replaceChildren(el("h1", {}, `Features matching “${query}”`),
+  put(el("h1", {}, `Features matching “${query}”`),
     result.results.length ? el("table", { id: "search-results" },
       el("thead", {}, el("tr", {}, el("th", {}, "id"), el("th", {}, "density"), el("th", {}, "top tokens"),
         el("th", {}, "promotes"))),
@@ -253,7 +265,7 @@ async function render() {
     else if ((match = hash.match(/^\/search\/(.+)$/))) await searchView(match[1]);
     else await overview();
   } catch (error) {
-    view.replaceChildren(el("p", { class: "error" }, error.message));
+    put(el("p", { class: "error" }, error.message));
   }
 }
 
