@@ -8,12 +8,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from transformers import AutoConfig, AutoModel
 
 from featurelens.atlas import Atlas, AtlasJob, AtlasSettings, build_atlas
-from featurelens.explain import ExplainJob, explain_atlas
-from featurelens.explain.pipeline import split_examples
+from featurelens.explain import ClientError, ExplainJob, explain_atlas
+from featurelens.explain.pipeline import ExplainError, split_examples
 from featurelens.explain.scoring import detection, keyword_asker, keywords
 from tests.atlas.conftest import WIDTH, plant
+from tests.conftest import build_tiny_tokenizer
 
 SETTINGS = AtlasSettings(top_k=6, before=4, after=2, quantile_bins=5, per_bin=4, negatives=10)
 
@@ -81,3 +83,32 @@ def test_the_local_model_explains_and_scores_end_to_end(atlas_path: Path, tiny_m
         ExplainJob(str(atlas_path), explainer="local", model=str(tiny_model_dir), features="5,6")
     )
     assert cached.already_done == 2
+
+
+def test_an_unreachable_endpoint_stops_the_run_but_keeps_finished_work(atlas_path: Path) -> None:
+    job = ExplainJob(
+        str(atlas_path),
+        explainer="openai",
+        base_url="http://127.0.0.1:9/v1",
+        api_model="m",
+        retries=0,
+        features="10-20",
+        timeout=2,
+    )
+    with pytest.raises(ExplainError, match=r"failed on the first 5 features.*unreachable"):
+        explain_atlas(job)
+    with Atlas.open(atlas_path) as atlas:
+        assert all(any(e.method == "baseline" for e in atlas.feature(f).explanations) for f in range(10, 15))
+
+
+def test_a_model_that_cannot_generate_is_refused_in_one_line(atlas_path: Path, tmp_path: Path) -> None:
+    encoder = tmp_path / "distilbert"  # an encoder without a causal LM head
+    config = AutoConfig.for_model("distilbert", vocab_size=96, dim=32, hidden_dim=64, n_layers=2, n_heads=4)
+    AutoModel.from_config(config).save_pretrained(encoder)
+    build_tiny_tokenizer().save_pretrained(encoder)
+    with pytest.raises(ClientError, match="cannot generate text"):
+        explain_atlas(ExplainJob(str(atlas_path), explainer="local", model=str(encoder), features="3"))
+    with pytest.raises(ExplainError, match="--features"):
+        explain_atlas(ExplainJob(str(atlas_path), features="top:x"))
+    with pytest.raises(ExplainError, match="needs --base-url"):
+        ExplainJob(str(atlas_path), explainer="openai")

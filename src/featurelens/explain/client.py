@@ -19,6 +19,8 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -90,6 +92,15 @@ def _cached(cache: ResponseCache | None, request: dict[str, Any], compute: Any) 
     return value
 
 
+@contextmanager
+def _model_errors() -> Iterator[None]:
+    """A local model that fails on a request (shape, memory, context) is a :class:`ClientError`: a skip."""
+    try:
+        yield
+    except (RuntimeError, ValueError, IndexError) as error:
+        raise ClientError(f"the local model failed: {str(error).splitlines()[0][:200]}") from error
+
+
 def _answer_ids(tokenizer: Any, words: tuple[str, ...]) -> list[int]:
     """First token id of each spelling of ``words`` (Yes, yes, " Yes", ...), without duplicates."""
     ids: set[int] = set()
@@ -117,10 +128,16 @@ class LocalClient:
     @property
     def lm(self) -> LanguageModel:
         if self._lm is None:
-            self._lm = load_model(self.spec, device=self._device)
+            lm = load_model(self.spec, device=self._device)
+            can_generate = getattr(lm.model, "can_generate", None)
+            if not callable(can_generate) or not can_generate():
+                raise ClientError(
+                    f"{self.spec} cannot generate text (not a causal language model); pick another"
+                )
+            self._lm = lm
         return self._lm
 
-    def _prompt_ids(self, messages: Messages) -> torch.Tensor:
+    def _prompt_ids(self, messages: Messages, new_tokens: int = 1) -> torch.Tensor:
         tokenizer = self.lm.tokenizer
         if getattr(tokenizer, "chat_template", None):
             text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -128,14 +145,17 @@ class LocalClient:
             text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
         ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
         limit = int(getattr(self.lm.model.config, "max_position_embeddings", 2048) or 2048)
-        if ids.shape[1] >= limit:
-            raise ClientError(f"prompt of {ids.shape[1]} tokens exceeds the model's {limit}-token context")
+        if ids.shape[1] + new_tokens > limit:
+            raise ClientError(
+                f"a prompt of {ids.shape[1]} tokens plus {new_tokens} new ones exceeds the model's "
+                f"{limit}-token context"
+            )
         return ids.to(self.lm.device)
 
     def generate(self, messages: Messages, max_tokens: int) -> str:
         def run() -> str:
-            with self._lock, torch.no_grad():
-                ids = self._prompt_ids(messages)
+            with self._lock, torch.no_grad(), _model_errors():
+                ids = self._prompt_ids(messages, max_tokens)
                 out = self.lm.model.generate(  # type: ignore[operator]
                     ids,
                     max_new_tokens=max_tokens,
@@ -151,7 +171,7 @@ class LocalClient:
 
     def yes_probability(self, messages: Messages) -> YesNo:
         def run() -> float:
-            with self._lock, torch.no_grad():
+            with self._lock, torch.no_grad(), _model_errors():
                 ids = self._prompt_ids(messages)
                 logits = self.lm.model(input_ids=ids).logits[0, -1].float()
             probs = logits.softmax(-1)

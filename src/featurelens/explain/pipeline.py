@@ -35,6 +35,7 @@ from featurelens.explain.prompts import explain_messages, parse_explanation
 from featurelens.explain.scoring import Ask, Score, client_asker, detection, fuzzing, keyword_asker
 
 EXPLAINERS = ("baseline", "local", "openai")
+GIVE_UP_AFTER = 5  # an explainer that fails on every one of the first features is broken, not unlucky
 SCORERS = ("keyword", "local", "openai")
 
 
@@ -193,6 +194,8 @@ class _Explainer:
             self.ask = client_asker(scoring_client)
             self.scorer_label = scoring_client.name
         self.methods = ["baseline"] + ([self.client.name] if self.client is not None else [])
+        if isinstance(self.client, LocalClient):
+            _ = self.client.lm  # load now: a model that cannot generate fails here, in one line
 
     def _scores(self, text: str, examples: _Examples, feature: int) -> tuple[Score, Score]:
         seed = self.job.seed * 1_000_003 + feature
@@ -289,12 +292,24 @@ def explain_atlas(job: ExplainJob, on_feature: Callable[[int, int], None] | None
             for index, (feature, explanations, skips) in enumerate(_map(explainer.run, todo, workers)):
                 writer.save(feature, explanations, skips)
                 _tally(summary, explanations, skips)
+                if index + 1 == GIVE_UP_AFTER:
+                    _check_working(summary, explainer)
                 if on_feature is not None:
                     on_feature(index + 1, len(todo))
     finally:
         writer.close()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _check_working(summary: ExplainSummary, explainer: _Explainer) -> None:
+    """Stop a run whose explainer failed on every one of the first features (finished work is kept)."""
+    llm_methods = explainer.methods[1:]
+    if llm_methods and summary.skipped and not any(summary.explained.get(m) for m in llm_methods):
+        reason = summary.skipped.most_common(1)[0][0]
+        raise ExplainError(
+            f"the explainer failed on the first {GIVE_UP_AFTER} features ({reason}); finished work is kept"
+        )
 
 
 def _map(
