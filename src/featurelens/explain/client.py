@@ -32,6 +32,7 @@ from featurelens.errors import FeatureLensError
 from featurelens.models import LanguageModel, load_model
 
 Messages = list[dict[str, str]]
+BATCH = 8  # prompts per forward pass of a local model
 YES, NO = ("yes", "y"), ("no", "n")
 
 
@@ -53,6 +54,8 @@ class LanguageModelClient(Protocol):
     def generate(self, messages: Messages, max_tokens: int) -> str: ...
 
     def yes_probability(self, messages: Messages) -> YesNo: ...
+
+    def yes_probabilities(self, batch: list[Messages]) -> list[YesNo]: ...
 
 
 class ResponseCache:
@@ -170,18 +173,36 @@ class LocalClient:
         return str(_cached(self._cache, request, run))
 
     def yes_probability(self, messages: Messages) -> YesNo:
-        def run() -> float:
-            with self._lock, torch.no_grad(), _model_errors():
-                ids = self._prompt_ids(messages)
-                logits = self.lm.model(input_ids=ids).logits[0, -1].float()
-            probs = logits.softmax(-1)
-            tokenizer = self.lm.tokenizer
-            yes = float(probs[_answer_ids(tokenizer, YES)].sum())
-            no = float(probs[_answer_ids(tokenizer, NO)].sum())
-            return yes / (yes + no) if yes + no > 0 else 0.5
+        return self.yes_probabilities([messages])[0]
 
-        request = {"client": self.name, "kind": "yes_probability", "messages": messages}
-        return YesNo(float(_cached(self._cache, request, run)), "logits")
+    def yes_probabilities(self, batch: list[Messages]) -> list[YesNo]:
+        """P(yes) for each prompt, from the next-token logits; uncached prompts run :data:`BATCH` at a time
+        (right-padded, each read at its own last token)."""
+        requests = [{"client": self.name, "kind": "yes_probability", "messages": m} for m in batch]
+        keys = [ResponseCache.key(r) for r in requests]
+        found = [self._cache.get(k) if self._cache else None for k in keys]
+        missing = [i for i, value in enumerate(found) if value is None]
+        for first in range(0, len(missing), BATCH):
+            chunk = missing[first : first + BATCH]
+            for i, p_yes in zip(chunk, self._p_yes([batch[i] for i in chunk]), strict=True):
+                found[i] = p_yes
+                if self._cache:
+                    self._cache.put(keys[i], p_yes)
+        return [YesNo(float(value or 0.0), "logits") for value in found]
+
+    def _p_yes(self, batch: list[Messages]) -> list[float]:
+        with self._lock, torch.no_grad(), _model_errors():
+            prompts = [self._prompt_ids(m)[0] for m in batch]
+            lengths = torch.tensor([len(p) for p in prompts])
+            ids = torch.nn.utils.rnn.pad_sequence(prompts, batch_first=True, padding_value=0)
+            mask = (torch.arange(ids.shape[1]) < lengths[:, None]).long().to(ids.device)
+            logits = self.lm.model(input_ids=ids, attention_mask=mask).logits
+            last = logits[torch.arange(len(prompts)), (lengths - 1).to(logits.device)].float()
+        probs = last.softmax(-1).cpu()
+        tokenizer = self.lm.tokenizer
+        yes = probs[:, _answer_ids(tokenizer, YES)].sum(1)
+        no = probs[:, _answer_ids(tokenizer, NO)].sum(1)
+        return torch.where(yes + no > 0, yes / (yes + no), 0.5).tolist()
 
 
 class EndpointClient:
@@ -277,6 +298,9 @@ class EndpointClient:
         if answer.startswith(NO):
             return YesNo(0.0, "parsed")
         raise ClientError(f"the answer {str(text)[:40]!r} is neither yes nor no")
+
+    def yes_probabilities(self, batch: list[Messages]) -> list[YesNo]:
+        return [self.yes_probability(messages) for messages in batch]
 
 
 def _p_yes_from_logprobs(logprobs: Any) -> float | None:

@@ -99,25 +99,34 @@ def decoy_positions(context: Context, rng: random.Random) -> set[int]:
     return set(rng.sample(others, min(len(active), len(others))))
 
 
-Ask = Callable[[str, Context, set[int] | None], float]
+Question = tuple[Context, set[int] | None]  # a context, and the marked positions (None: detection)
+Ask = Callable[[str, list[Question]], list[float]]
 
 
-def keyword_asker(explanation: str, context: Context, marked: set[int] | None) -> float:
+def keyword_asker(explanation: str, questions: list[Question]) -> list[float]:
     """The LLM-free scorer (see the module docstring)."""
     words = keywords(explanation)
-    tokens = [t.strip() for t in context.tokens]
-    if marked is None:
-        return float(any(t in words for t in tokens))
-    return float(bool(marked) and all(tokens[i] in words for i in marked))
+    answers = []
+    for context, marked in questions:
+        tokens = [t.strip() for t in context.tokens]
+        if marked is None:
+            answers.append(float(any(t in words for t in tokens)))
+        else:
+            answers.append(float(bool(marked) and all(tokens[i] in words for i in marked)))
+    return answers
 
 
 def client_asker(client: LanguageModelClient) -> Ask:
-    """Ask ``client`` each question; P(yes) from its logits or logprobs."""
+    """Ask ``client`` the questions (batched where it can); P(yes) from its logits or logprobs."""
 
-    def ask(explanation: str, context: Context, marked: set[int] | None) -> float:
-        if marked is None:
-            return client.yes_probability(detection_messages(explanation, context)).p_yes
-        return client.yes_probability(fuzzing_messages(explanation, context, marked)).p_yes
+    def ask(explanation: str, questions: list[Question]) -> list[float]:
+        prompts = [
+            detection_messages(explanation, context)
+            if marked is None
+            else fuzzing_messages(explanation, context, marked)
+            for context, marked in questions
+        ]
+        return [answer.p_yes for answer in client.yes_probabilities(prompts)]
 
     return ask
 
@@ -125,18 +134,19 @@ def client_asker(client: LanguageModelClient) -> Ask:
 def detection(
     ask: Ask, explanation: str, activating: list[Context], silent: list[Context], seed: int
 ) -> Score:
-    scores = [ask(explanation, c, None) for c in activating + silent]
+    scores = ask(explanation, [(c, None) for c in activating + silent])
     return score(scores, [True] * len(activating) + [False] * len(silent), seed)
 
 
 def fuzzing(ask: Ask, explanation: str, activating: list[Context], seed: int) -> Score:
     rng = random.Random(seed)
-    scores, labels = [], []
+    questions: list[Question] = []
+    labels: list[bool] = []
     for context in activating:
-        scores.append(ask(explanation, context, active_positions(context)))
+        questions.append((context, active_positions(context)))
         labels.append(True)
         decoys = decoy_positions(context, rng)
         if decoys:
-            scores.append(ask(explanation, context, decoys))
+            questions.append((context, decoys))
             labels.append(False)
-    return score(scores, labels, seed)
+    return score(ask(explanation, questions), labels, seed)
