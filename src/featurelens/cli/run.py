@@ -75,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--explain-local",
         type=int,
-        default=3,
+        default=2,
         help="densest features the bundled model also explains (0: none)",
     )
     parser.add_argument("--serve", action="store_true", help="finish by serving the web app on 127.0.0.1")
