@@ -180,5 +180,5 @@ def test_bad_inputs_are_refused_clearly(planted: dict[str, Any], tmp_path: Path)
     for path in ("text.sqlite", "other.sqlite", "missing.sqlite"):
         with pytest.raises(AtlasError, match=r"not a|does not exist"):
             Atlas.open(tmp_path / path)
-    with pytest.raises(AtlasError, match="--top-k must be positive"):
+    with pytest.raises(AtlasError, match="--top-k must be at least 1"):
         AtlasJob("x", "y", settings=AtlasSettings(top_k=0))

@@ -63,10 +63,16 @@ class AtlasJob:
             raise AtlasError(f"--tokens must be a positive number of tokens, got {self.tokens}")
         if self.batch_size < 1 or (self.seq_len is not None and self.seq_len < 2):
             raise AtlasError("--batch-size must be positive and --seq-len at least 2")
-        counts = {"--top-k": s.top_k, "--quantile-bins": s.quantile_bins, "--per-bin": s.per_bin}
-        for flag, value in {**counts, "--negatives": s.negatives, "--chunk-tokens": s.chunk_tokens}.items():
-            if value < (1 if flag in counts or flag == "--chunk-tokens" else 0):
-                raise AtlasError(f"{flag} must be positive, got {value}")
+        minimums = {
+            "--top-k": (s.top_k, 1),
+            "--quantile-bins": (s.quantile_bins, 1),
+            "--per-bin": (s.per_bin, 1),
+            "--chunk-tokens": (s.chunk_tokens, 1),
+            "--negatives": (s.negatives, 0),
+        }
+        for flag, (value, least) in minimums.items():
+            if value < least:
+                raise AtlasError(f"{flag} must be at least {least}, got {value}")
         if s.before < 0 or s.after < 0:
             raise AtlasError(f"the context window needs before, after >= 0, got {s.before}, {s.after}")
 
