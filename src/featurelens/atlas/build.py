@@ -137,8 +137,7 @@ def _plan(job: AtlasJob) -> _Plan:
         )
     lm = load_model(spec or "smollm2", device=job.device)
     if dictionary is None:
-        width = lm.capture(torch.ones(1, 2, dtype=torch.long), [job.dictionary])[job.dictionary].shape[-1]
-        dictionary = IdentityDictionary(int(width), job.dictionary)
+        dictionary = IdentityDictionary(_hook_width(lm, job.dictionary), job.dictionary)
         store = _store(job, training, job.dictionary) if job.acts else None
     hook = dictionary.hook_in
     width = store.manifest["hooks"][hook]["width"] if store else _hook_width(lm, hook)

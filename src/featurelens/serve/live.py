@@ -45,7 +45,8 @@ class Steering:
 class LiveModel:
     """Loads the model and dictionary an atlas was built from, once, when first needed (thread-safe).
 
-    While one request loads them, others get :class:`ModelBusy` instead of waiting.
+    While one request loads them, others get :class:`ModelBusy` instead of waiting. Once loaded, requests
+    take turns (``_use``): a steering edit hooks the model, and must not leak into a concurrent request.
     """
 
     def __init__(self, meta: dict[str, Any], *, model: str | None = None, device: str | None = None) -> None:
@@ -55,6 +56,7 @@ class LiveModel:
         self.state: Literal["idle", "loading", "ready", "failed"] = "idle"
         self.error = ""
         self._lock = threading.Lock()
+        self._use = threading.Lock()
         self._loaded: tuple[LanguageModel, Dictionary] | None = None
 
     def _load(self) -> tuple[LanguageModel, Dictionary]:
@@ -89,7 +91,8 @@ class LiveModel:
         """Each token of ``text`` with its ``top_n`` most active features (activation > 0)."""
         lm, dictionary = self.get()
         ids = lm.tokenizer(text, return_tensors="pt")["input_ids"][:, :1024]
-        acts = lm.capture(ids, [dictionary.hook_in])[dictionary.hook_in][0].float()
+        with self._use:
+            acts = lm.capture(ids, [dictionary.hook_in])[dictionary.hook_in][0].float()
         codes = dictionary.encode(acts.to(next(dictionary.parameters()).device)).cpu()
         max_norm = self.meta.get("max_norm")
         outliers = acts.norm(dim=1).cpu() > max_norm if max_norm else torch.zeros(len(acts), dtype=torch.bool)
@@ -121,8 +124,9 @@ class LiveModel:
             edit, hook = add_edit(dictionary, strengths), dictionary.hook_out
         else:
             edit, hook = clamp_edit(dictionary, strengths), dictionary.hook_in
-        baseline = generate(lm, ids, max_new_tokens)
-        steered = generate(lm, ids, max_new_tokens, hook, edit)
+        with self._use:
+            baseline = generate(lm, ids, max_new_tokens)
+            steered = generate(lm, ids, max_new_tokens, hook, edit)
         start = ids.shape[1]
         decode = lm.tokenizer.decode
         return Steering(
