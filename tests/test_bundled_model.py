@@ -105,7 +105,13 @@ def test_featurelens_run_captures_trains_evaluates_and_maps(tmp_path: Path) -> N
         unit = direction / direction.pow(2).mean().sqrt()
         logits = lm.model.lm_head.weight.detach() @ (lm.model.model.norm.weight.detach() * unit)
         assert [t.token for t in densest.output_top] == logits.topk(10).indices.tolist()
+        methods = {e.method: e for e in densest.explanations}  # run explains with the bundled model too
+        assert set(methods) == {"baseline", "local:smollm2"}
+        assert methods["baseline"].scorer == "local:smollm2" and methods["local:smollm2"].text
+        assert all(e.detection_auroc is not None and 0 <= e.detection_auroc <= 1 for e in methods.values())
+        assert sum(1 for f in atlas.features(limit=len(atlas)) if f.explanation) >= len(atlas) // 2
     rerun = run_featurelens(*args, "--out", str(tmp_path / "demo"))
     assert rerun.returncode == 0, rerun.stderr
     assert "reusing the finished capture" in rerun.stdout and "reusing the trained dictionary" in rerun.stdout
     assert "reusing the atlas" in rerun.stdout and "featurelens serve" in rerun.stdout
+    assert "were already explained" in rerun.stdout
