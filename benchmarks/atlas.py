@@ -14,14 +14,18 @@ the first ceil(N / 256) of them), in fp32 on the CPU with torch's default thread
                 by ``featurelens export --format saelens`` and loaded with ``sae_lens.SAE.load_from_disk``
                 (with ``rescale_acts_by_decoder_norm`` set, a no-op on its unit-norm decoder rows, because
                 run() folds decoder norms and sae-lens 6 refuses that for TopK SAEs otherwise), in its own
-                venv (it pins transformers<4.57, transformer-lens<3, numpy<2). Timed: ``run()`` plus the
-                HTML write; its imports and model conversion/loading are left out (that favours it).
+                venv (it pins transformers<4.57, transformer-lens<3, numpy<2). The model is a
+                ``HookedSAETransformer`` built from the bundled GGUF with TransformerLens' own Llama weight
+                converter: ``from_pretrained`` neither knows SmolLM2 nor reads its rope_theta. Timed:
+                ``run()`` plus the HTML write; its imports and model conversion/loading are left out (that
+                favours it). Its layer-15 residual and SAE codes are checked against featurelens' first.
 
 Same content, configured on both sides: top-20 activating contexts with per-token activations, 10
 activation intervals x 5 sampled contexts, a 21-token window (16 before, 4 after), an activation histogram
 with density, top/bottom 10 output-logit tokens of the decoder direction (SAEDashboard: the model built with
 ``fold_ln=True``, so W_U carries the final RMSNorm weight, as featurelens' logits go through the final
 norm), position 0, special tokens and rows above 10 x the median norm (attention sinks) left out.
+(SAEDashboard only picks tokens whose whole window fits in the sequence; featurelens clips the window.)
 Only SAEDashboard computes: a logit histogram, neuron-alignment and correlated-neuron tables (Pearson
 correlation with each of the 576 residual dimensions) and correlated features *within its batch of
 features*, and per-context token logits. Only featurelens computes: mean activation, random
@@ -36,6 +40,8 @@ reads SaeVisConfig's ``cache_dir``, filled by the first batch, which this script
 the whole SAE and then builds its latents' data one by one. The script times each batch, so
 "SAEDashboard (default)" = ceil(9216 / 256) x batch 1 (no cache: every batch repeats the forward passes)
 and "SAEDashboard (cache_dir)" = batch 1 + 35 x the mean later batch; both add the HTML write per latent.
+"SAEDashboard (cache filled)" = 36 x the mean later batch + the HTML: its cache already written by an
+earlier run, the counterpart of "featurelens atlas (from store)" reading activations captured earlier.
 Wall time per 1M tokens is the straight line through the two largest token counts (its intercept holds
 the fixed costs), for every method. Peak RSS is ru_maxrss of each process (via wait4).
 
@@ -52,7 +58,7 @@ Reproduce (the SAEDashboard venv; ~5 minutes of installs)::
     # without 'pyarrow<22' pip takes pyarrow 26, which needs numpy 2, and transformer-lens 2 pins numpy<2
 
 then the dictionary (``featurelens run``'s defaults: 200k tokens captured) and the benchmark
-(~10 + ~25 minutes on a quiet 2-core CPU)::
+(~10 + ~40 minutes on a quiet 2-core CPU)::
 
     .venv/bin/featurelens run --out /tmp/atlasbench-full
     .venv/bin/python benchmarks/atlas.py --sae /tmp/atlasbench-full/sae --from-store --repeats 2
@@ -456,18 +462,22 @@ def peer(spec_path: str) -> None:
 # -- the table ------------------------------------------------------------------------------------------
 
 
-def dash_full(side: Side, n_latents: int) -> tuple[float, float]:
-    """SAEDashboard's seconds for all ``n_latents`` from its measured batches: (default, cache_dir).
+def dash_full(side: Side, n_latents: int) -> tuple[float, float, float]:
+    """SAEDashboard's seconds for all ``n_latents`` from its measured batches: default, cache_dir, filled.
 
     Batch 1 runs the forward passes (and writes the cache); later batches read the cache. Default config:
-    every batch costs what batch 1 did. cache_dir: batch 1 once, then the later batches' mean cost.
-    The HTML write is charged per latent.
+    every batch costs what batch 1 did. cache_dir: batch 1 once, then the later batches' mean cost. Cache
+    filled (by an earlier run): every batch costs a later batch. The HTML write is charged per latent.
     """
     batches = side.extra["batch_seconds"]
     n_batches = math.ceil(n_latents / DASH_FEATURE_BATCH)
     html = side.extra["save_seconds"] / side.features * n_latents
     later = sum(batches[1:]) / len(batches[1:]) if len(batches) > 1 else batches[0]
-    return n_batches * batches[0] + html, batches[0] + (n_batches - 1) * later + html
+    return (
+        n_batches * batches[0] + html,
+        batches[0] + (n_batches - 1) * later + html,
+        n_batches * later + html,
+    )
 
 
 def per_million(points: list[tuple[int, float]]) -> tuple[float, str]:
@@ -489,7 +499,7 @@ def table(sides: list[Side], n_latents: int, header: str, repeats: int = 1) -> s
             lines.append(f"{s.method:<34} {s.tokens:>7}  failed: {s.error}")
             continue
         if s.method == "SAEDashboard":
-            default, cached = dash_full(s, n_latents)
+            default, cached, filled = dash_full(s, n_latents)
             e = s.extra
             batches = " + ".join(f"{b:.1f}" for b in e["batch_seconds"])
             measured = (
@@ -498,7 +508,9 @@ def table(sides: list[Side], n_latents: int, header: str, repeats: int = 1) -> s
                 f"not counted; load {s.load:.1f}"
             )
             rows.append(("SAEDashboard (default)", s.tokens, default, s.peak_rss_mib, measured))
-            rows.append(("SAEDashboard (cache_dir)", s.tokens, cached, s.peak_rss_mib, "same run"))
+            derived = "from the run measured above"
+            rows.append(("SAEDashboard (cache_dir)", s.tokens, cached, s.peak_rss_mib, derived))
+            rows.append(("SAEDashboard (cache filled)", s.tokens, filled, s.peak_rss_mib, derived))
         else:
             notes = (
                 f"{s.extra['fired']} fired; own timer (after imports, loading) "
@@ -509,7 +521,7 @@ def table(sides: list[Side], n_latents: int, header: str, repeats: int = 1) -> s
     lines.append(
         f"{'method':<34} {'tokens':>7} {'wall, all latents':>17} {'features/s':>10} {'peak RSS':>9}  notes"
     )
-    for method, tokens, seconds, rss, notes in sorted(rows, key=lambda r: (r[1], r[0])):
+    for method, tokens, seconds, rss, notes in sorted(rows, key=lambda r: r[1]):  # stable: methods in order
         lines.append(
             f"{method:<34} {tokens:>7} {seconds:>16.1f}s {n_latents / seconds:>10.1f} {rss:>5.0f} MiB  "
             f"{notes}"
@@ -518,31 +530,39 @@ def table(sides: list[Side], n_latents: int, header: str, repeats: int = 1) -> s
     by_method: dict[str, dict[int, float]] = {}
     for method, tokens, seconds, _, _ in rows:
         by_method.setdefault(method, {})[tokens] = seconds
-    live = by_method.get("featurelens atlas", {})
-    lines += ["", "featurelens atlas (live) is this many times faster, all latents, same tokens:"]
-    for tokens in sorted(live):
-        ratios = [
-            f"{by_method[m][tokens] / live[tokens]:.1f}x vs {m}"
-            for m in ("SAEDashboard (default)", "SAEDashboard (cache_dir)")
-            if tokens in by_method.get(m, {})
-        ]
-        lines.append(f"  {tokens:>7} tokens: {', '.join(ratios) or 'no SAEDashboard run'}")
+    pairs = {  # each featurelens mode against the SAEDashboard modes that do the same model work
+        "featurelens atlas": ("SAEDashboard (default)", "SAEDashboard (cache_dir)"),
+        "featurelens atlas (from store)": ("SAEDashboard (cache filled)",),
+    }
+    for ours, theirs in pairs.items():
+        if ours not in by_method:
+            continue
+        lines += ["", f"{ours} is this many times faster, all latents, same tokens:"]
+        for tokens, seconds in sorted(by_method[ours].items()):
+            ratios = [
+                f"{by_method[m][tokens] / seconds:.1f}x vs {m}"
+                for m in theirs
+                if tokens in by_method.get(m, {})
+            ]
+            lines.append(f"  {tokens:>7} tokens: {', '.join(ratios) or 'no SAEDashboard run'}")
     lines += ["", "Wall time per 1M tokens, all latents:"]
     per_1m = {m: per_million(list(points.items())) for m, points in by_method.items()}
     for method, (seconds, how) in per_1m.items():
         lines.append(f"  {method:<34} {seconds:>8.0f} s = {seconds / 3600:>5.2f} h  ({how})")
-    if "featurelens atlas" in per_1m:
-        base = per_1m["featurelens atlas"][0]
-        ratios = [f"{seconds / base:.1f}x vs {m}" for m, (seconds, _) in per_1m.items() if "SAEDash" in m]
-        lines.append(f"  featurelens atlas (live) at 1M tokens: {', '.join(ratios)}")
+    for ours, theirs in pairs.items():
+        if ours in per_1m:
+            base = per_1m[ours][0]
+            ratios = [f"{per_1m[m][0] / base:.1f}x vs {m}" for m in theirs if m in per_1m]
+            lines.append(f"  {ours} at 1M tokens: {', '.join(ratios)}")
     lines += [
         "",
         "wall, all latents: featurelens = its whole CLI process (imports, model and dictionary loading, "
         "SQLite writing); SAEDashboard = run() + save_feature_centric_vis, extrapolated from the measured "
         f"latents to all {n_latents}: default = ceil({n_latents}/{DASH_FEATURE_BATCH}) x batch 1 (each batch "
         "repeats the forward passes); cache_dir = batch 1 + the rest x the mean later batch (they read the "
-        "cached activations); the HTML write scales per latent. Its imports, model conversion and loading "
-        "are not counted (that favours it).",
+        "cached activations); cache filled = every batch x the mean later batch (a cache from an earlier "
+        "run, as featurelens' store is); the HTML write scales per latent. Its imports, model conversion and "
+        "loading are not counted (that favours it).",
         "features/s: all latents / that wall time. peak RSS: ru_maxrss of the whole process (wait4); "
         "SAEDashboard's is for the measured latents (it keeps every latent's data in memory until the HTML "
         "is written, so all latents need more).",
