@@ -57,3 +57,17 @@ def plant(root: Path, tiny_model_dir: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Any]:
     return plant(tmp_path_factory.mktemp("planted"), tiny_model_dir)
+
+
+def planted_atlas(root: Path, tiny_model_dir: Path, settings: Any) -> Path:
+    """The planted store and dictionary under ``root``, mapped into ``root/atlas.sqlite``."""
+    from featurelens.atlas import AtlasJob, build_atlas
+
+    planted = plant(root, tiny_model_dir)
+    out = root / "atlas.sqlite"
+    build_atlas(
+        AtlasJob(
+            str(root / "sae"), str(out), acts=str(root / "acts"), model=planted["model"], settings=settings
+        )
+    )
+    return out

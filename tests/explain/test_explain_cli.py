@@ -6,22 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from featurelens.atlas import Atlas, AtlasJob, AtlasSettings, build_atlas
-from tests.atlas.conftest import plant
+from featurelens.atlas import Atlas, AtlasSettings
+from tests.atlas.conftest import planted_atlas
 from tests.cli.test_cli import assert_one_line_error, featurelens
 
 
 @pytest.fixture(scope="module")
 def atlas_path(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     root = tmp_path_factory.mktemp("explain-cli")
-    planted = plant(root, tiny_model_dir)
-    out = root / "atlas.sqlite"
     settings = AtlasSettings(top_k=6, before=4, after=2, quantile_bins=5, per_bin=4, negatives=10)
-    job = AtlasJob(
-        str(root / "sae"), str(out), acts=str(root / "acts"), model=planted["model"], settings=settings
-    )
-    build_atlas(job)
-    return out
+    return planted_atlas(root, tiny_model_dir, settings)
 
 
 def test_explain_stores_scored_baselines_and_a_rerun_reuses_them(atlas_path: Path) -> None:

@@ -4,17 +4,16 @@ the local-model path end to end on a tiny random model."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from transformers import AutoConfig, AutoModel
 
-from featurelens.atlas import Atlas, AtlasJob, AtlasSettings, build_atlas
+from featurelens.atlas import Atlas, AtlasSettings
 from featurelens.explain import ClientError, ExplainJob, explain_atlas
 from featurelens.explain.pipeline import ExplainError, split_examples
 from featurelens.explain.scoring import detection, keyword_asker, keywords
-from tests.atlas.conftest import WIDTH, plant
+from tests.atlas.conftest import WIDTH, planted_atlas
 from tests.conftest import build_tiny_tokenizer
 
 SETTINGS = AtlasSettings(top_k=6, before=4, after=2, quantile_bins=5, per_bin=4, negatives=10)
@@ -23,14 +22,7 @@ SETTINGS = AtlasSettings(top_k=6, before=4, after=2, quantile_bins=5, per_bin=4,
 @pytest.fixture(scope="module")
 def atlas_path(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     root = tmp_path_factory.mktemp("explain")
-    planted: dict[str, Any] = plant(root, tiny_model_dir)
-    out = root / "atlas.sqlite"
-    build_atlas(
-        AtlasJob(
-            str(root / "sae"), str(out), acts=str(root / "acts"), model=planted["model"], settings=SETTINGS
-        )
-    )
-    return out
+    return planted_atlas(root, tiny_model_dir, SETTINGS)
 
 
 def test_baseline_names_the_planted_token_and_scores_far_above_a_shuffled_explanation(

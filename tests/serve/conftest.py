@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from featurelens.atlas import AtlasJob, AtlasSettings, build_atlas
+from featurelens.atlas import AtlasSettings
 from featurelens.explain import ExplainJob, explain_atlas
-from tests.atlas.conftest import plant
+from tests.atlas.conftest import planted_atlas
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "web"
 
@@ -49,14 +49,8 @@ def start_server(atlas: Path) -> tuple[subprocess.Popen[str], str]:
 @pytest.fixture(scope="session")
 def atlas_path(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     root = tmp_path_factory.mktemp("served")
-    planted = plant(root, tiny_model_dir)
-    out = root / "atlas.sqlite"
     settings = AtlasSettings(top_k=6, before=4, after=2, quantile_bins=4, per_bin=3, negatives=5)
-    build_atlas(
-        AtlasJob(
-            str(root / "sae"), str(out), acts=str(root / "acts"), model=planted["model"], settings=settings
-        )
-    )
+    out = planted_atlas(root, tiny_model_dir, settings)
     explain_atlas(ExplainJob(str(out), features="all"))  # baseline explanations for the pages to show
     return out
 
