@@ -58,6 +58,8 @@ def test_capture_then_info(tiny_model_dir: Path, tmp_path: Path) -> None:
     result = featurelens(*args)
     assert result.returncode == 0, result.stderr
     assert "captured 640 tokens" in result.stdout
+    assert "capturing: 0/640 tok" in result.stdout  # not a terminal: plain progress lines a log can keep
+    assert "capturing: 640/640 tok (100.0%)" in result.stdout
     info = featurelens("info", str(out), "--json")
     manifest = json.loads(info.stdout)
     assert manifest["complete"] and manifest["hooks"] == {"layers.0.mlp_out": {"width": 32}}

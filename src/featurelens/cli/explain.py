@@ -23,9 +23,9 @@ import argparse
 import statistics
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from featurelens.cli.progress import stage_progress
 from featurelens.explain import ExplainJob, ExplainSummary, explain_atlas
 from featurelens.explain.pipeline import EXPLAINERS, SCORERS
 
@@ -60,23 +60,8 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def explain_with_progress(job: ExplainJob, console: Console) -> ExplainSummary:
-    columns = (
-        TextColumn("[bold]explaining"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.completed:,}/{task.total:,} features"),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("explain", total=0, rate="")
-
-        def advance(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
-            speed = progress.tasks[task].speed
-            progress.update(task, rate=f"{speed * 60:,.1f} features/min" if speed else "")
-
-        return explain_atlas(job, on_feature=advance)
+    with stage_progress(console, "explaining", "features", per_minute=True) as update:
+        return explain_atlas(job, on_feature=lambda done, total: update(done, total))
 
 
 def print_explain_summary(summary: ExplainSummary, console: Console) -> None:

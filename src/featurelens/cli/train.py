@@ -24,10 +24,10 @@ from collections.abc import Callable
 from functools import partial
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from featurelens.capture import ActivationStore
+from featurelens.cli.progress import stage_progress
 from featurelens.corpus import CorpusConfig
 from featurelens.dictionaries.base import DictionaryError
 from featurelens.dictionaries.registry import ARCHITECTURES
@@ -153,23 +153,14 @@ def train_with_progress(
     train: Callable[[StepCallback], list[SavedDictionary]], console: Console
 ) -> list[SavedDictionary]:
     """``train(on_step)`` under a progress bar showing the first run's loss, FVU, L0 and dead fraction."""
-    columns = (
-        TextColumn("[bold]training"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[metrics]}"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("training", total=None, metrics="")
+    with stage_progress(console, "training", "steps") as update:
 
         def on_step(runs: list[TrainingRun], metrics: list[StepMetrics]) -> None:
             first, step = metrics[0], runs[0]
-            progress.update(
-                task,
-                completed=step.step,
-                total=step.config.steps,
-                metrics=f"loss {first.loss:.4f}  FVU {first.fvu:.3f}  L0 {first.l0:.1f}  "
+            update(
+                step.step,
+                step.config.steps,
+                f"loss {first.loss:.4f}  FVU {first.fvu:.3f}  L0 {first.l0:.1f}  "
                 f"dead {first.dead_fraction:.1%}" + (f"  (+{len(runs) - 1} more)" if len(runs) > 1 else ""),
             )
 
