@@ -1,5 +1,56 @@
-"""Stage 6: change what a model computes — add or clamp features at their hook and see what follows."""
+"""Stage 6: change what a model computes — ablate, patch, add or clamp at any hook, and see what follows."""
 
+from featurelens.intervene.context import (
+    Intervention,
+    Positions,
+    generate_with_edits,
+    intervening,
+    run_with_edits,
+)
+from featurelens.intervene.edits import (
+    Add,
+    CallPositions,
+    Edit,
+    FeatureEdit,
+    InterventionError,
+    Mean,
+    Patch,
+    Resample,
+    Zero,
+    channels,
+)
+from featurelens.intervene.heads import (
+    attention_patterns,
+    head_channels,
+    head_contributions,
+    head_layout,
+    head_outputs,
+)
 from featurelens.intervene.steer import SteeringError, add_edit, clamp_edit, generate
 
-__all__ = ["SteeringError", "add_edit", "clamp_edit", "generate"]
+__all__ = [
+    "Add",
+    "CallPositions",
+    "Edit",
+    "FeatureEdit",
+    "Intervention",
+    "InterventionError",
+    "Mean",
+    "Patch",
+    "Positions",
+    "Resample",
+    "SteeringError",
+    "Zero",
+    "add_edit",
+    "attention_patterns",
+    "channels",
+    "clamp_edit",
+    "generate",
+    "generate_with_edits",
+    "head_channels",
+    "head_contributions",
+    "head_layout",
+    "head_outputs",
+    "intervening",
+    "run_with_edits",
+]

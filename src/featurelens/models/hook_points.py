@@ -5,6 +5,8 @@ Names, for every decoder layer ``i``:
 ==========================  =========================================================================
 ``embed``                   output of the token embedding (before position embeddings are added)
 ``layers.i.resid_pre``      the residual stream entering layer ``i``
+``layers.i.attn_heads``     the input of attention's output projection: every head's output, concatenated
+                            (head h is channels ``h*head_dim .. (h+1)*head_dim``)
 ``layers.i.attn_out``       what the attention block adds to the residual stream
 ``layers.i.resid_mid``      the stream between attention and MLP (sequential pre-norm layers only)
 ``layers.i.mlp_in``         the MLP's input (after its norm, on pre-norm models)
@@ -34,14 +36,25 @@ from torch import nn
 
 from featurelens.errors import HookError
 
-LAYER_POINTS = ("resid_pre", "attn_out", "resid_mid", "mlp_in", "mlp_neurons", "mlp_out", "resid_post")
+LAYER_POINTS = (
+    "resid_pre",
+    "attn_heads",
+    "attn_out",
+    "resid_mid",
+    "mlp_in",
+    "mlp_neurons",
+    "mlp_out",
+    "resid_post",
+)
 
 _ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)
 _MLP = re.compile(r"mlp|feed_?forward|ffn", re.IGNORECASE)
 _NORM = re.compile(r"norm|^ln", re.IGNORECASE)
+_OUTPUT_PROJECTION = re.compile(r"(^|\.)(o_proj|out_proj|c_proj|dense|o|out)$")
 
 # Post-norm encoders: per layer, hook name -> (submodule path, "input" | "output").
 _BERT_LAYER = {
+    "attn_heads": ("attention.output.dense", "input"),
     "attn_out": ("attention.output.dense", "output"),
     "resid_mid": ("attention", "output"),
     "mlp_in": ("intermediate", "input"),
@@ -138,6 +151,19 @@ def find_down_projection(mlp: nn.Module, d_model: int) -> nn.Module | None:
     return writers[0] if len(writers) == 1 else None
 
 
+def find_output_projection(attention: nn.Module, d_model: int) -> nn.Module | None:
+    """The linear map by which attention writes the model width from its concatenated heads (named like
+    ``o_proj``/``out_proj``/``c_proj``/``dense``; None when no such module exists)."""
+    named = [
+        module
+        for name, module in attention.named_modules()
+        if module is not attention
+        and _linear_out_features(module) == d_model
+        and _OUTPUT_PROJECTION.search(name)
+    ]
+    return named[-1] if named else None
+
+
 def _probe_ids(model: nn.Module, length: int = 6) -> torch.Tensor:
     vocab = int(getattr(text_config(model), "vocab_size", 100))
     device = next(model.parameters()).device
@@ -180,15 +206,36 @@ class _Block:
     attention: nn.Module | None
     mlp: nn.Module | None
     norms: dict[str, nn.Module]
+    output_projection: nn.Module | None
 
     def probe_modules(self) -> dict[str, nn.Module]:
-        parts = {"block": self.block, "attn": self.attention, "mlp": self.mlp, **self.norms}
+        parts = {
+            "block": self.block,
+            "attn": self.attention,
+            "attn_proj": self.output_projection,
+            "mlp": self.mlp,
+            **self.norms,
+        }
         return {f"{self.index}:{key}": m for key, m in parts.items() if m is not None}
 
 
-def _find_block(i: int, block: nn.Module) -> _Block:
+def _find_block(i: int, block: nn.Module, d_model: int) -> _Block:
     norms = {f"norm:{name}": m for name, m in block.named_children() if _is_norm(name, m)}
-    return _Block(i, block, _child_matching(block, _ATTENTION), _child_matching(block, _MLP), norms)
+    attention = _child_matching(block, _ATTENTION)
+    projection = find_output_projection(attention, d_model) if attention is not None else None
+    return _Block(i, block, attention, _child_matching(block, _MLP), norms, projection)
+
+
+def _verified_output_projection(part: _Block, seen: dict[str, Any]) -> nn.Module | None:
+    """The attention's output projection, if its output is exactly what attention returns (so the heads'
+    contributions through it sum to ``attn_out``)."""
+    key = f"{part.index}:"
+    if part.output_projection is None or key + "attn_proj" not in seen:
+        return None
+    projected, returned = seen[key + "attn_proj"][1], seen[key + "attn"][1]
+    if projected.shape != returned.shape or not torch.allclose(projected, returned, atol=1e-5, rtol=1e-5):
+        return None
+    return part.output_projection
 
 
 def _verified_resid_mid(part: _Block, order: list[str], seen: dict[str, Any]) -> nn.Module | None:
@@ -206,10 +253,14 @@ def _verified_resid_mid(part: _Block, order: list[str], seen: dict[str, Any]) ->
     return part.norms[before_mlp]
 
 
-def _layer_points(part: _Block, resid_mid: nn.Module | None, d_model: int) -> Iterator[HookPoint]:
+def _layer_points(
+    part: _Block, resid_mid: nn.Module | None, projection: nn.Module | None, d_model: int
+) -> Iterator[HookPoint]:
     """Hook points of one pre-norm (or parallel) decoder block."""
     i = part.index
     yield HookPoint(f"layers.{i}.resid_pre", part.block, "input", i)
+    if projection is not None:
+        yield HookPoint(f"layers.{i}.attn_heads", projection, "input", i)
     if part.attention is not None:
         yield HookPoint(f"layers.{i}.attn_out", part.attention, "output", i)
     if resid_mid is not None:
@@ -243,7 +294,7 @@ def find_hook_points(model: nn.Module) -> dict[str, HookPoint]:
     d_model = int(config.hidden_size)
     body, layers = find_layers(model)
     layer_map = POST_NORM_LAYER_MAPS.get(getattr(config, "model_type", ""))
-    parts = [_find_block(i, block) for i, block in enumerate(layers)]
+    parts = [_find_block(i, block, d_model) for i, block in enumerate(layers)]
     final_norms = {f"final:norm:{name}": m for name, m in body.named_children() if _is_norm(name, m)}
     probe: dict[str, nn.Module] = {"last": layers[-1], **final_norms}
     if layer_map is None:
@@ -256,7 +307,8 @@ def find_hook_points(model: nn.Module) -> dict[str, HookPoint]:
         if layer_map is not None:
             points.extend(_mapped_layer_points(part.index, part.block, layer_map))
         else:
-            points.extend(_layer_points(part, _verified_resid_mid(part, order, seen), d_model))
+            resid_mid = _verified_resid_mid(part, order, seen)
+            points.extend(_layer_points(part, resid_mid, _verified_output_projection(part, seen), d_model))
     last_run = max(i for i, key in enumerate(order) if key == "last")
     after_last = [key for key in order[last_run + 1 :] if key.startswith("final:")]
     if after_last:
