@@ -1,0 +1,100 @@
+"""Attribution patching: a first-order estimate of every component's patching effect from one forward and
+one backward pass, ``grad(metric) · (source activation - base activation)`` summed over the component.
+
+Denoising takes the gradient on the corrupted run and the clean-minus-corrupted difference, so the
+estimate of the patched metric is ``corrupt + attribution``; noising the reverse. The result is a
+:class:`PatchingResult` like exact patching's, so the two rank side by side.
+
+Only activations need gradients: parameters are frozen for the pass, and the gradient enters at the
+embedding output, so the cost is one forward and one backward however many components are scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import torch
+
+from featurelens.intervene.components import Component, Metric
+from featurelens.intervene.patching import Direction, PatchingResult, baselines, check_pair
+from featurelens.models import LanguageModel
+from featurelens.models.tracing import replacing
+
+
+@contextmanager
+def _frozen(lm: LanguageModel) -> Iterator[None]:
+    flags = [(p, p.requires_grad) for p in lm.model.parameters()]
+    for parameter, _ in flags:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+
+
+def gradients(
+    lm: LanguageModel, input_ids: torch.Tensor, hooks: Sequence[str], metric: Metric
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+    """Activations and gradients of the mean metric at ``hooks`` for ``input_ids`` [n, seq]: two dicts
+    hook -> [n, seq, width], and the metric per prompt [n]."""
+    kept: dict[str, torch.Tensor] = {}
+
+    def keep(name: str) -> Any:
+        def edit(x: torch.Tensor) -> torch.Tensor:
+            x.retain_grad()
+            kept[name] = x
+            return x
+
+        return edit
+
+    def enter_graph(x: torch.Tensor) -> torch.Tensor:
+        return x.detach().requires_grad_(True)
+
+    with ExitStack() as stack, _frozen(lm), torch.enable_grad():
+        stack.enter_context(replacing(lm.hook_point("embed"), enter_graph))
+        for hook in hooks:
+            stack.enter_context(replacing(lm.hook_point(hook), keep(hook)))
+        keep_last = {"logits_to_keep": 1} if metric.position == -1 else {}
+        logits = lm.model(input_ids=input_ids.to(lm.device), **keep_last).logits
+        values = metric(logits, torch.arange(input_ids.shape[0], device=logits.device))
+        values.mean().backward()
+    grads = {}
+    for hook in hooks:
+        grad = kept[hook].grad
+        grads[hook] = torch.zeros_like(kept[hook]) if grad is None else grad.detach()
+    return {hook: x.detach() for hook, x in kept.items()}, grads, values.detach()
+
+
+def attribution_patching(
+    lm: LanguageModel,
+    clean_ids: torch.Tensor,
+    corrupt_ids: torch.Tensor,
+    components: Sequence[Component],
+    metric: Metric,
+    *,
+    direction: Direction = "denoise",
+) -> PatchingResult:
+    """Estimated patching effect of every one of ``components`` between aligned ``clean_ids`` and
+    ``corrupt_ids`` [n, seq], from one forward and backward pass on the base run."""
+    check_pair(clean_ids, corrupt_ids)
+    base, source = (corrupt_ids, clean_ids) if direction == "denoise" else (clean_ids, corrupt_ids)
+    hooks = sorted({c.hook for c in components}, key=list(lm.hook_points).index)
+    activations, grads, _ = gradients(lm, base, hooks, metric)
+    source_activations = lm.capture(source, hooks, stop_early=True)
+    seq = base.shape[1]
+    # the gradients are of the mean over prompts, so summing over prompts gives the mean effect
+    per_entry = {
+        hook: (grads[hook] * (source_activations[hook] - activations[hook])).sum(0) for hook in hooks
+    }
+    estimates = []
+    for component in components:
+        scores = per_entry[component.hook]  # [seq, width]
+        mask = component.mask(scores.shape[-1], seq).to(scores.device)
+        estimates.append(float(scores.double()[mask].sum()))
+    clean, corrupt = baselines(lm, clean_ids, corrupt_ids, metric)
+    start = corrupt if direction == "denoise" else clean
+    patched = start + torch.tensor(estimates, dtype=torch.float64)
+    return PatchingResult(list(components), patched, clean, corrupt, direction, "attribution")

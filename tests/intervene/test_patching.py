@@ -1,0 +1,108 @@
+"""Patching finds a planted circuit: exact patching (batched = one at a time), attribution patching, and the
+faithfulness of the found circuit against its complement."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from featurelens.intervene import InterventionError
+from featurelens.intervene.attribution import attribution_patching
+from featurelens.intervene.circuits import faithfulness
+from featurelens.intervene.components import (
+    Component,
+    LogitDifference,
+    TokenLoss,
+    head_components,
+    neuron_components,
+    residual_components,
+)
+from featurelens.intervene.patching import activation_patching
+from tests.intervene.planted import HEAD, NEURON, A, B, planted_model, planted_prompts
+
+
+@pytest.fixture(scope="module")
+def task() -> tuple:
+    lm = planted_model()
+    clean, corrupt, answers = planted_prompts()
+    metric = LogitDifference(answers, torch.where(answers == A, B, A))
+    return lm, clean, corrupt, metric
+
+
+def test_exact_patching_ranks_the_planted_head_and_neuron_first(task: tuple) -> None:
+    lm, clean, corrupt, metric = task
+    components = head_components(lm) + neuron_components(lm)
+    for direction in ("denoise", "noise"):
+        result = activation_patching(lm, clean, corrupt, components, metric, direction=direction)
+        assert result.clean > 10 and result.corrupt < -10
+        (first, e1), (second, e2), (_, e3) = result.ranked(3)
+        assert {first.label, second.label} == {f"L0H{HEAD}", f"L0N{NEURON}"}, direction
+        assert e1 > 0.95 and e2 > 0.95 and abs(e3) < 0.05, (direction, e1, e2, e3)
+
+
+def test_batched_patching_equals_one_at_a_time(task: tuple) -> None:
+    lm, clean, corrupt, metric = task
+    components = head_components(lm, positions=range(8)) + neuron_components(lm, layers=[0])[:6]
+    batched = activation_patching(lm, clean, corrupt, components, metric, batch_size=512)
+    alone = activation_patching(lm, clean, corrupt, components, metric, batch_size=1)
+    torch.testing.assert_close(batched.patched, alone.patched, atol=1e-4, rtol=1e-5)
+    heads = [(c.label, e) for c, e in batched.ranked() if c.kind == "head"]
+    assert heads[0][0] == f"L0H{HEAD}@7" and heads[0][1] > 0.95  # the head acts at the query position only
+    assert abs(heads[1][1]) < 0.05
+
+
+def test_residual_patching_follows_the_marked_token(task: tuple) -> None:
+    lm, clean, corrupt, metric = task
+    one_prompt = clean[:1], corrupt[:1]  # its marked token sits at position 1
+    position_metric = LogitDifference(metric.correct[:1], metric.wrong[:1])
+    result = activation_patching(lm, *one_prompt, residual_components(lm, range(8)), position_metric)
+    effects = {c.label: e for c, e in result.ranked()}
+    assert effects["L0.resid@1"] == pytest.approx(1.0, abs=0.02)
+    assert abs(effects["L0.resid@3"]) < 0.02
+    assert effects["L1.resid@7"] == pytest.approx(1.0, abs=0.05)  # by layer 1 the answer sits at Q
+
+
+def test_attribution_patching_agrees_with_exact_patching(task: tuple) -> None:
+    lm, clean, corrupt, metric = task
+    components = head_components(lm) + neuron_components(lm)
+    exact = activation_patching(lm, clean, corrupt, components, metric)
+    estimate = attribution_patching(lm, clean, corrupt, components, metric)
+    top_exact = {c.label for c, _ in exact.ranked(2)}
+    assert {c.label for c, _ in estimate.ranked(2)} == top_exact
+    for component, effect in estimate.ranked(2):  # first order: the final RMSNorm bends the rest (~0.7)
+        assert 0.6 < effect < 1.4, (component.label, effect)
+    assert estimate.clean == exact.clean and estimate.corrupt == exact.corrupt
+
+
+def test_the_found_circuit_is_faithful_and_its_complement_is_not(task: tuple) -> None:
+    lm, clean, _, metric = task
+    components = head_components(lm) + neuron_components(lm)
+    circuit = [c for c in components if c.label in {f"L0H{HEAD}", f"L0N{NEURON}"}]
+    score = faithfulness(lm, clean, circuit, components, metric)
+    assert score.circuit == pytest.approx(1.0, abs=0.05)
+    assert abs(score.complement) < 0.05
+    decoy = [c for c in components if c.label in {"L1H1", "L0N2"}]
+    assert abs(faithfulness(lm, clean, decoy, components, metric).circuit) < 0.1
+
+
+def test_other_metrics_and_bad_input(task: tuple) -> None:
+    lm, clean, corrupt, metric = task
+    loss = TokenLoss(metric.correct)
+    result = activation_patching(lm, clean, corrupt, head_components(lm, layers=[0]), loss)
+    assert result.clean < result.corrupt and result.ranked(1)[0][0].label == f"L0H{HEAD}"
+    with pytest.raises(InterventionError, match="same shape"):
+        activation_patching(lm, clean, corrupt[:, :5], head_components(lm), metric)
+    with pytest.raises(InterventionError, match=r"layers 0\.\.1"):
+        head_components(lm, layers=[2])
+    with pytest.raises(InterventionError, match="not among the components"):
+        faithfulness(lm, clean, neuron_components(lm, layers=[1])[:1], head_components(lm), metric)
+
+
+def test_attribution_is_exact_where_the_metric_is_linear(task: tuple) -> None:
+    lm, clean, corrupt, metric = task
+    # logits are linear in the final norm's output, so gradient x difference is the exact patching effect
+    components = [Component("resid", 2, p, "final_norm", None, p) for p in (5, 7)]
+    exact = activation_patching(lm, clean, corrupt, components, metric)
+    estimate = attribution_patching(lm, clean, corrupt, components, metric)
+    torch.testing.assert_close(estimate.patched, exact.patched, atol=1e-4, rtol=1e-5)
+    assert exact.effect[1] == pytest.approx(1.0, abs=1e-6) and exact.effect[0] == pytest.approx(0.0, abs=1e-6)
