@@ -15,6 +15,9 @@ and the path avoids them.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -95,3 +98,32 @@ def planted_prompts(
         clean[i, position], corrupt[i, position] = marked, other
         answers[i] = A if marked == A_MARKED else B
     return clean, corrupt, answers
+
+
+WORDS = [f"w{i}" for i in range(16)]
+WORDS[A], WORDS[B], WORDS[A_MARKED], WORDS[B_MARKED], WORDS[QUERY] = "A", "B", "A*", "B*", "Q"
+
+
+def save_planted(folder: Path) -> Path:
+    """The planted model as a user's model folder, with a word-level tokenizer (one word = one token id),
+    and ``prompts.jsonl`` holding its task as text."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    planted_model().model.save_pretrained(folder)
+    backend = Tokenizer(models.WordLevel({word: i for i, word in enumerate(WORDS)}, unk_token="w0"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="w0").save_pretrained(folder)
+    clean, corrupt, answers = planted_prompts()
+    with (folder / "prompts.jsonl").open("w") as file:
+        for row in range(len(clean)):
+            correct = int(answers[row])
+            record = {
+                "clean": " ".join(WORDS[t] for t in clean[row]),
+                "corrupt": " ".join(WORDS[t] for t in corrupt[row]),
+                "correct": f" {WORDS[correct]}",
+                "wrong": f" {WORDS[B if correct == A else A]}",
+            }
+            file.write(json.dumps(record) + "\n")
+    return folder

@@ -8,7 +8,20 @@ import os
 import sys
 from collections.abc import Sequence
 
-from featurelens.cli import atlas, capture, evaluate, explain, export, hooks, info, run, serve, show, train
+from featurelens.cli import (
+    atlas,
+    capture,
+    circuit,
+    evaluate,
+    explain,
+    export,
+    hooks,
+    info,
+    run,
+    serve,
+    show,
+    train,
+)
 from featurelens.errors import FeatureLensError
 
 VERBS = {
@@ -18,6 +31,7 @@ VERBS = {
     "evaluate": evaluate,
     "atlas": atlas,
     "explain": explain,
+    "circuit": circuit,
     "show": show,
     "serve": serve,
     "export": export,
@@ -35,6 +49,7 @@ The loop, one verb per stage:
   evaluate  measure a dictionary: FVU, L0, dead latents, the model's loss with it spliced in
   atlas     map every feature: densities, top contexts, logit effects, neighbours (SQLite)
   explain   explain features (baseline or an LLM) and score them on held-out examples
+  circuit   find the heads and neurons behind a task: patching, attribution, faithfulness, edges
   show      a feature card, an atlas overview or a search, in the terminal
   serve     browse an atlas in a local web app: search, feature pages, try text, steer
   export    convert a dictionary to SAELens or sparsify format (and back)
