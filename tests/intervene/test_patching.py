@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from featurelens.dictionaries import TopKDictionary
+from featurelens.dictionaries.identity import IdentityDictionary
 from featurelens.intervene import InterventionError
 from featurelens.intervene.attribution import attribution_patching
 from featurelens.intervene.circuits import faithfulness
@@ -13,12 +15,13 @@ from featurelens.intervene.components import (
     Component,
     LogitDifference,
     TokenLoss,
+    feature_components,
     head_components,
     neuron_components,
     residual_components,
 )
 from featurelens.intervene.patching import activation_patching
-from tests.intervene.planted import HEAD, NEURON, A, B, planted_model, planted_prompts
+from tests.intervene.planted import COPIED, HEAD, NEURON, A, B, planted_model, planted_prompts
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +109,29 @@ def test_attribution_is_exact_where_the_metric_is_linear(task: tuple) -> None:
     estimate = attribution_patching(lm, clean, corrupt, components, metric)
     torch.testing.assert_close(estimate.patched, exact.patched, atol=1e-4, rtol=1e-5)
     assert exact.effect[1] == pytest.approx(1.0, abs=1e-6) and exact.effect[0] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_feature_attributions_and_the_error_term_sum_to_the_hook(task: tuple) -> None:
+    lm, clean, corrupt, metric = task
+    hook = "layers.0.resid_mid"
+    torch.manual_seed(0)
+    sae = TopKDictionary(32, 64, k=4, hook_in=hook)
+    features = feature_components(sae)
+    whole = Component("resid", 0, 0, hook, None, None)
+    result = attribution_patching(lm, clean, corrupt, [*features, whole], metric, dictionaries=[sae])
+    parts = result.patched[:-1] - result.corrupt
+    assert float(parts.sum()) == pytest.approx(float(result.patched[-1] - result.corrupt), rel=1e-4)
+    assert abs(float(parts[-1])) > 0  # a random SAE leaves a real error term
+    # the neurons as a dictionary: the planted path runs through channel COPIED of resid_mid
+    channels = attribution_patching(
+        lm,
+        clean,
+        corrupt,
+        feature_components(IdentityDictionary(32, hook)),
+        metric,
+        dictionaries=[IdentityDictionary(32, hook)],
+    )
+    top, effect = channels.ranked(1)[0]
+    assert top.label == f"L0F{COPIED}" and effect > 0.5
+    with pytest.raises(InterventionError, match="need their dictionary"):
+        attribution_patching(lm, clean, corrupt, features, metric)

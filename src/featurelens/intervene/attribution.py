@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
+from featurelens.dictionaries.base import Dictionary
 from featurelens.intervene.components import Component, Metric
+from featurelens.intervene.edits import InterventionError
 from featurelens.intervene.patching import Direction, PatchingResult, baselines, check_pair
 from featurelens.models import LanguageModel
 from featurelens.models.tracing import replacing
@@ -68,6 +70,20 @@ def gradients(
     return {hook: x.detach() for hook, x in kept.items()}, grads, values.detach()
 
 
+@torch.no_grad()
+def _feature_scores(
+    dictionary: Dictionary, grad: torch.Tensor, source: torch.Tensor, base: torch.Tensor
+) -> tuple[torch.Tensor, float]:
+    """Per-feature scores [d_latent] and the error term's score for one SAE; inputs [n, seq, d]."""
+    flat_grad, flat_source, flat_base = (t.reshape(-1, t.shape[-1]).float() for t in (grad, source, base))
+    codes_source, codes_base = dictionary.encode(flat_source), dictionary.encode(flat_base)
+    along = flat_grad @ dictionary.W_dec.T  # [rows, d_latent]: the gradient along each decoder row
+    per_feature = (along * (codes_source - codes_base)).double().sum(0)
+    source_error = flat_source - dictionary.decode(codes_source)
+    error_change = source_error - (flat_base - dictionary.decode(codes_base))
+    return per_feature, float((flat_grad * error_change).double().sum())
+
+
 def attribution_patching(
     lm: LanguageModel,
     clean_ids: torch.Tensor,
@@ -76,10 +92,17 @@ def attribution_patching(
     metric: Metric,
     *,
     direction: Direction = "denoise",
+    dictionaries: Sequence[Dictionary] = (),
 ) -> PatchingResult:
     """Estimated patching effect of every one of ``components`` between aligned ``clean_ids`` and
-    ``corrupt_ids`` [n, seq], from one forward and backward pass on the base run."""
+    ``corrupt_ids`` [n, seq], from one forward and backward pass on the base run. Feature and error
+    components need their SAE in ``dictionaries``: feature i scores ``grad · W_dec[i] x Δcode_i``, the
+    error term ``grad · Δ(x - x_hat)``, so features plus error sum to the whole hook's score."""
     check_pair(clean_ids, corrupt_ids)
+    by_hook = {d.hook_in: d for d in dictionaries}
+    missing = sorted({c.hook for c in components if c.kind in ("feature", "error")} - set(by_hook))
+    if missing:
+        raise InterventionError(f"feature components at {', '.join(missing)} need their dictionary")
     base, source = (corrupt_ids, clean_ids) if direction == "denoise" else (clean_ids, corrupt_ids)
     hooks = sorted({c.hook for c in components}, key=list(lm.hook_points).index)
     activations, grads, _ = gradients(lm, base, hooks, metric)
@@ -89,8 +112,18 @@ def attribution_patching(
     per_entry = {
         hook: (grads[hook] * (source_activations[hook] - activations[hook])).sum(0) for hook in hooks
     }
+    features = {
+        hook: _feature_scores(by_hook[hook], grads[hook], source_activations[hook], activations[hook])
+        for hook in {c.hook for c in components if c.kind in ("feature", "error")}
+    }
     estimates = []
     for component in components:
+        if component.kind in ("feature", "error"):
+            scores_per_feature, error = features[component.hook]
+            estimates.append(
+                error if component.kind == "error" else float(scores_per_feature[component.index])
+            )
+            continue
         scores = per_entry[component.hook]  # [seq, width]
         mask = component.mask(scores.shape[-1], seq).to(scores.device)
         estimates.append(float(scores.double()[mask].sum()))

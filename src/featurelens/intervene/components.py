@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from featurelens.dictionaries.base import Dictionary
 from featurelens.intervene.edits import InterventionError
 from featurelens.intervene.heads import head_layout
 from featurelens.models import LanguageModel
@@ -22,8 +23,10 @@ from featurelens.models import LanguageModel
 class Component:
     """Channels ``units`` (None: all) of ``hook`` at prompt position ``position`` (None: every one).
 
-    ``kind`` is ``resid``, ``head`` or ``neuron``; ``layer`` and ``index`` (head or neuron number) place
-    it in a circuit graph; ``label`` names it in tables (``L3H2``, ``L5N107``, ``L2.resid@4``).
+    ``kind`` is ``resid``, ``head`` or ``neuron``; or ``feature`` / ``error`` for a dictionary's feature
+    ``index`` at ``hook`` and its reconstruction error (scored by attribution). ``layer`` and ``index``
+    place it in a circuit graph; ``label`` names it in tables (``L3H2``, ``L5N107``, ``L2.resid@4``,
+    ``L15F3021``, ``L15.error``).
     """
 
     kind: str
@@ -35,8 +38,11 @@ class Component:
 
     @property
     def label(self) -> str:
-        name = {"head": f"L{self.layer}H{self.index}", "neuron": f"L{self.layer}N{self.index}"}.get(
-            self.kind, f"L{self.layer}.{self.kind}"
+        short = {"head": "H", "neuron": "N", "feature": "F"}
+        name = (
+            f"L{self.layer}{short[self.kind]}{self.index}"
+            if self.kind in short
+            else f"L{self.layer}.{self.kind}"
         )
         return name if self.position is None else f"{name}@{self.position}"
 
@@ -99,6 +105,17 @@ def neuron_components(
             for position in _positions(positions):
                 found.append(Component("neuron", layer, int(unit), hook, (int(unit),), position))
     return found
+
+
+def feature_components(dictionary: Dictionary, features: Sequence[int] | None = None) -> list[Component]:
+    """``features`` (default: every one) of an SAE at its hook, plus its error term (what it leaves out)."""
+    hook = dictionary.hook_in
+    if dictionary.is_transcoder or not hook.startswith("layers."):
+        raise InterventionError(f"feature attribution needs an SAE at a layer hook, not {hook!r}")
+    layer = int(hook.split(".")[1])
+    ids = range(dictionary.d_latent) if features is None else features
+    found = [Component("feature", layer, int(i), hook, None, None) for i in ids]
+    return [*found, Component("error", layer, 0, hook, None, None)]
 
 
 def residual_components(
