@@ -26,7 +26,8 @@ from featurelens.intervene.heads import (
     head_layout,
     head_outputs,
 )
-from featurelens.intervene.steer import SteeringError, add_edit, clamp_edit, generate
+from featurelens.intervene.steer import SweepRow, add_features, steering_sweep
+from featurelens.intervene.vectors import SteeringVector, steering_vector
 
 __all__ = [
     "Add",
@@ -39,13 +40,12 @@ __all__ = [
     "Patch",
     "Positions",
     "Resample",
-    "SteeringError",
+    "SteeringVector",
+    "SweepRow",
     "Zero",
-    "add_edit",
+    "add_features",
     "attention_patterns",
     "channels",
-    "clamp_edit",
-    "generate",
     "generate_with_edits",
     "head_channels",
     "head_contributions",
@@ -53,4 +53,6 @@ __all__ = [
     "head_outputs",
     "intervening",
     "run_with_edits",
+    "steering_sweep",
+    "steering_vector",
 ]

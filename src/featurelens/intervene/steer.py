@@ -1,101 +1,84 @@
-"""Steering: edit a dictionary's features inside the forward pass and generate.
+"""Steering: add directions or edit features inside the forward pass and see what the model does.
 
-Two edits, both functions of a hook's tensor [batch, seq, width]:
-
-* **add** (at ``hook_out``): ``x + sum_j strength_j * W_dec[j]``. Decoder rows have unit norm, so a strength
-  is in the feature's own activation units (compare it with the feature's max activation in the atlas).
-* **clamp** (an SAE or neurons, at its hook): ``x + decode(c') - decode(c)`` with ``c = encode(x)`` and ``c'``
-  equal to ``c`` except the clamped features. The reconstruction error is kept, so clamping a feature to the
-  value it already has leaves ``x`` exactly unchanged.
-
-Generation is greedy, so with and without an edit differ only by the edit.
+* :func:`add_features` — ``x + sum_j strength_j * W_dec[j]`` at a dictionary's ``hook_out``. Decoder rows
+  have unit norm, so a strength is in the feature's own activation units (compare it with the feature's
+  max activation in the atlas). Clamping goes through :class:`~featurelens.intervene.edits.FeatureEdit`.
+* :func:`steering_sweep` — greedy generations and target-token log-probabilities over a list of
+  strengths of one steering vector (see :mod:`featurelens.intervene.vectors`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from featurelens.dictionaries.base import Dictionary
-from featurelens.errors import FeatureLensError
+from featurelens.intervene.context import generate_with_edits, run_with_edits
+from featurelens.intervene.edits import Add, InterventionError
+from featurelens.intervene.vectors import SteeringVector
 from featurelens.models import LanguageModel
-from featurelens.models.tracing import replacing
-
-Edit = Callable[[torch.Tensor], torch.Tensor]
 
 
-class SteeringError(FeatureLensError):
-    """An edit that cannot be applied: unknown feature, or clamping a transcoder."""
-
-
-def _check_features(dictionary: Dictionary, features: Mapping[int, object]) -> list[int]:
-    ids = list(features)
-    bad = [i for i in ids if not 0 <= i < dictionary.d_latent]
+def add_features(dictionary: Dictionary, strengths: Mapping[int, float]) -> Add:
+    """An edit adding ``strength * W_dec[j]`` for each feature j (at ``dictionary.hook_out``)."""
+    bad = [i for i in strengths if not 0 <= i < dictionary.d_latent]
     if bad:
-        raise SteeringError(
+        raise InterventionError(
             f"feature(s) {bad} out of range: the dictionary has features 0..{dictionary.d_latent - 1}"
         )
-    return ids
+    direction = torch.zeros(dictionary.d_out, dtype=dictionary.W_dec.dtype)
+    for feature, strength in strengths.items():
+        direction += strength * dictionary.W_dec.detach()[feature].cpu()
+    return Add(direction)
 
 
-def add_edit(dictionary: Dictionary, strengths: Mapping[int, float]) -> Edit:
-    """Add ``strength * W_dec[j]`` for each feature j to every position of the tensor at ``hook_out``."""
-    ids = _check_features(dictionary, strengths)
-    if not ids:
-        return lambda x: x
-    weights = torch.tensor([strengths[i] for i in ids], dtype=dictionary.W_dec.dtype)
-    delta = (weights[:, None] * dictionary.W_dec.detach()[ids]).sum(0)
+@dataclass(frozen=True)
+class SweepRow:
+    """One strength: the mean log-probability of the target tokens as the next token after each prompt,
+    its shift from strength 0, and the greedy continuation of every prompt."""
 
-    def edit(x: torch.Tensor) -> torch.Tensor:
-        return x + delta.to(x.device, x.dtype)
-
-    return edit
+    strength: float
+    target_logprob: float
+    shift: float
+    continuations: list[str]
 
 
-def clamp_edit(dictionary: Dictionary, values: Mapping[int, float | torch.Tensor]) -> Edit:
-    """Set each feature j to ``values[j]`` (a number, or a tensor broadcastable to [batch, seq]) through
-    encode → edit → decode, keeping the reconstruction error. SAEs and neurons only."""
-    if dictionary.is_transcoder:
-        raise SteeringError(
-            "clamping needs a dictionary that reads and writes one hook; add to a transcoder's output"
-        )
-    ids = _check_features(dictionary, values)
-
-    def edit(x: torch.Tensor) -> torch.Tensor:
-        if not ids:
-            return x
-        flat = x.reshape(-1, x.shape[-1]).float()
-        codes = dictionary.encode(flat)
-        edited = codes.clone()
-        for i in ids:
-            value = values[i]
-            edited[:, i] = value.reshape(-1).to(codes) if isinstance(value, torch.Tensor) else value
-        change = dictionary.decode(edited) - dictionary.decode(codes)
-        return x + change.reshape(x.shape).to(x.dtype)
-
-    return edit
-
-
-@torch.no_grad()
-def generate(
+def steering_sweep(
     lm: LanguageModel,
-    input_ids: torch.Tensor,
-    max_new_tokens: int,
-    hook: str | None = None,
-    edit: Edit | None = None,
-) -> torch.Tensor:
-    """Greedy continuation [batch, seq + new] of ``input_ids`` [batch, seq], with ``edit`` applied at
-    ``hook`` on every forward pass when given."""
-    input_ids = input_ids.to(lm.device)
-    kwargs = {
-        "max_new_tokens": max_new_tokens,
-        "do_sample": False,
-        "use_cache": True,
-        "attention_mask": torch.ones_like(input_ids),
-        "pad_token_id": getattr(lm.tokenizer, "eos_token_id", None) or 0,
-    }
-    if hook is None or edit is None:
-        return lm.model.generate(input_ids, **kwargs)  # type: ignore[operator]
-    with replacing(lm.hook_point(hook), edit):
-        return lm.model.generate(input_ids, **kwargs)  # type: ignore[operator]
+    vector: SteeringVector,
+    prompts: Sequence[str],
+    strengths: Sequence[float],
+    targets: Sequence[str] = (),
+    new_tokens: int = 16,
+    positions: str = "all",
+) -> list[SweepRow]:
+    """Add ``strength * vector`` at its hook (at ``positions``: ``all``, ``prompt`` or ``generated``) for
+    each strength; measure the target tokens' log-probability right after each prompt and generate."""
+    if not prompts:
+        raise InterventionError("steering needs at least one prompt to continue")
+    target_ids = []
+    for text in targets:
+        ids = lm.tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) != 1:
+            raise InterventionError(f"target {text!r} is {len(ids)} tokens; a target must be one token")
+        target_ids.append(ids[0])
+    encoded = [torch.tensor([lm.tokenizer.encode(p)]) for p in prompts]
+    width = lm.capture(encoded[0], [vector.hook])[vector.hook].shape[-1]
+    vector.check_fits(lm, int(width))
+    rows, base = [], None
+    for strength in [0.0, *[s for s in strengths if s != 0.0]]:
+        edits = {vector.hook: Add(vector.vector, strength=float(strength))}
+        logprobs, texts = [], []
+        for ids in encoded:
+            if target_ids:
+                last = run_with_edits(lm, ids, edits, positions)[0, -1].float().log_softmax(-1)
+                logprobs.append(float(last[target_ids].mean()))
+            out = generate_with_edits(lm, ids, new_tokens, edits, positions)
+            texts.append(lm.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+        mean = sum(logprobs) / len(logprobs) if logprobs else float("nan")
+        base = mean if base is None else base
+        rows.append(SweepRow(float(strength), mean, mean - base, texts))
+    order = {float(s): i for i, s in enumerate(strengths)}
+    return sorted(rows, key=lambda row: order.get(row.strength, -1))

@@ -12,7 +12,7 @@ import torch
 from featurelens.dictionaries.base import Dictionary
 from featurelens.dictionaries.identity import IdentityDictionary
 from featurelens.errors import FeatureLensError
-from featurelens.intervene import add_edit, clamp_edit, generate
+from featurelens.intervene import Edit, FeatureEdit, add_features, generate_with_edits
 from featurelens.models import LanguageModel, load_model
 
 
@@ -120,13 +120,14 @@ class LiveModel:
         :mod:`featurelens.intervene.steer`)."""
         lm, dictionary = self.get()
         ids = lm.tokenizer(prompt, return_tensors="pt")["input_ids"][:, :1024]
+        edits: dict[str, Edit]
         if mode == "add":
-            edit, hook = add_edit(dictionary, strengths), dictionary.hook_out
+            edits = {dictionary.hook_out: add_features(dictionary, strengths)}
         else:
-            edit, hook = clamp_edit(dictionary, strengths), dictionary.hook_in
+            edits = {dictionary.hook_in: FeatureEdit(dictionary, clamp=strengths)}
         with self._use:
-            baseline = generate(lm, ids, max_new_tokens)
-            steered = generate(lm, ids, max_new_tokens, hook, edit)
+            baseline = generate_with_edits(lm, ids, max_new_tokens)
+            steered = generate_with_edits(lm, ids, max_new_tokens, edits)
         start = ids.shape[1]
         decode = lm.tokenizer.decode
         return Steering(
