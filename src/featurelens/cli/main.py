@@ -20,6 +20,7 @@ from featurelens.cli import (
     run,
     serve,
     show,
+    steer,
     train,
 )
 from featurelens.errors import FeatureLensError
@@ -32,6 +33,7 @@ VERBS = {
     "atlas": atlas,
     "explain": explain,
     "circuit": circuit,
+    "steer": steer,
     "show": show,
     "serve": serve,
     "export": export,
@@ -49,6 +51,7 @@ The loop, one verb per stage:
   evaluate  measure a dictionary: FVU, L0, dead latents, the model's loss with it spliced in
   atlas     map every feature: densities, top contexts, logit effects, neighbours (SQLite)
   explain   explain features (baseline or an LLM) and score them on held-out examples
+  steer     make a steering vector from contrastive prompts and steer generation with it
   circuit   find the heads and neurons behind a task: patching, attribution, faithfulness, edges
   show      a feature card, an atlas overview or a search, in the terminal
   serve     browse an atlas in a local web app: search, feature pages, try text, steer

@@ -36,13 +36,24 @@ def add_features(dictionary: Dictionary, strengths: Mapping[int, float]) -> Add:
 
 @dataclass(frozen=True)
 class SweepRow:
-    """One strength: the mean log-probability of the target tokens as the next token after each prompt,
-    its shift from strength 0, and the greedy continuation of every prompt."""
+    """One strength: the mean log-probability of the target tokens (minus that of the ``against``
+    tokens, when given) as the next token after each prompt, its shift from strength 0, and the greedy
+    continuation of every prompt."""
 
     strength: float
     target_logprob: float
     shift: float
     continuations: list[str]
+
+
+def _single_tokens(lm: LanguageModel, texts: Sequence[str]) -> list[int]:
+    found = []
+    for text in texts:
+        ids = lm.tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) != 1:
+            raise InterventionError(f"target {text!r} is {len(ids)} tokens; a target must be one token")
+        found.append(int(ids[0]))
+    return found
 
 
 def steering_sweep(
@@ -53,17 +64,14 @@ def steering_sweep(
     targets: Sequence[str] = (),
     new_tokens: int = 16,
     positions: str = "all",
+    against: Sequence[str] = (),
 ) -> list[SweepRow]:
     """Add ``strength * vector`` at its hook (at ``positions``: ``all``, ``prompt`` or ``generated``) for
-    each strength; measure the target tokens' log-probability right after each prompt and generate."""
+    each strength; measure the target tokens' log-probability right after each prompt (relative to the
+    ``against`` tokens' when given) and generate."""
     if not prompts:
         raise InterventionError("steering needs at least one prompt to continue")
-    target_ids = []
-    for text in targets:
-        ids = lm.tokenizer.encode(text, add_special_tokens=False)
-        if len(ids) != 1:
-            raise InterventionError(f"target {text!r} is {len(ids)} tokens; a target must be one token")
-        target_ids.append(ids[0])
+    target_ids, against_ids = _single_tokens(lm, targets), _single_tokens(lm, against)
     encoded = [torch.tensor([lm.tokenizer.encode(p)]) for p in prompts]
     width = lm.capture(encoded[0], [vector.hook])[vector.hook].shape[-1]
     vector.check_fits(lm, int(width))
@@ -74,7 +82,8 @@ def steering_sweep(
         for ids in encoded:
             if target_ids:
                 last = run_with_edits(lm, ids, edits, positions)[0, -1].float().log_softmax(-1)
-                logprobs.append(float(last[target_ids].mean()))
+                contrast = float(last[against_ids].mean()) if against_ids else 0.0
+                logprobs.append(float(last[target_ids].mean()) - contrast)
             out = generate_with_edits(lm, ids, new_tokens, edits, positions)
             texts.append(lm.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
         mean = sum(logprobs) / len(logprobs) if logprobs else float("nan")
