@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import featurelens as fl
 from featurelens.dictionaries import TopKDictionary
 from featurelens.dictionaries.identity import IdentityDictionary
 from featurelens.intervene import InterventionError
@@ -20,7 +21,9 @@ from featurelens.intervene.components import (
     neuron_components,
     residual_components,
 )
-from featurelens.intervene.patching import activation_patching
+from featurelens.intervene.edits import Patch
+from featurelens.intervene.patching import activation_patching, masked_variants
+from tests.conftest import POST_NORM_FAMILIES, TINY_FAMILIES, build_tiny_model
 from tests.intervene.planted import COPIED, HEAD, NEURON, A, B, planted_model, planted_prompts
 
 
@@ -135,3 +138,23 @@ def test_feature_attributions_and_the_error_term_sum_to_the_hook(task: tuple) ->
     assert top.label == f"L0F{COPIED}" and effect > 0.5
     with pytest.raises(InterventionError, match="need their dictionary"):
         attribution_patching(lm, clean, corrupt, features, metric)
+
+
+@pytest.mark.parametrize("family", sorted(set(TINY_FAMILIES) - POST_NORM_FAMILIES))
+def test_skipping_the_unedited_layers_changes_nothing(family: str) -> None:
+    lm = fl.LanguageModel(build_tiny_model(family), None)
+    generator = torch.Generator().manual_seed(0)
+    clean, corrupt = (torch.randint(3, 96, (3, 6), generator=generator) for _ in range(2))
+    metric = LogitDifference(torch.tensor([5, 6, 7]), torch.tensor([8, 9, 10]))
+    components = head_components(lm, layers=[1, 2]) + neuron_components(lm, layers=[2], neurons=[0, 3])
+    components += residual_components(lm, positions=[2], layers=[1, 2])
+    cache = lm.capture(clean, sorted({c.hook for c in components}, key=list(lm.hook_points).index))
+
+    def patch(hook: str, mask: torch.Tensor) -> Patch:
+        return Patch(cache[hook].repeat(mask.shape[0] // 3, 1, 1), mask=mask)
+
+    groups = [[c] for c in components]
+    skipped = masked_variants(lm, corrupt, groups, patch, metric, batch_size=6)
+    full = masked_variants(lm, corrupt, groups, patch, metric, batch_size=6, skip_unedited_layers=False)
+    torch.testing.assert_close(skipped, full, atol=1e-5, rtol=1e-5)
+    assert float((full - full.mean()).abs().max()) > 1e-3  # the patches do differ

@@ -14,6 +14,7 @@ each hook's :class:`Patch` edit carries a per-row mask, so a batch of ``batch_si
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,6 +24,7 @@ from featurelens.intervene.components import Component, Metric, hook_widths
 from featurelens.intervene.context import intervening
 from featurelens.intervene.edits import Edit, InterventionError, Patch
 from featurelens.models import LanguageModel
+from featurelens.models.tracing import skipping_layers
 
 Direction = Literal["denoise", "noise"]
 
@@ -88,7 +90,7 @@ def metric_rows(
     input_ids: torch.Tensor,
     metric: Metric,
     prompts: torch.Tensor,
-    edits: Mapping[str, Edit] | None = None,
+    edits: Mapping[str, Edit | Sequence[Edit]] | None = None,
 ) -> torch.Tensor:
     """The metric [rows] of ``input_ids`` [rows, seq] (row r is prompt ``prompts[r]``) under ``edits``."""
     keep = {"logits_to_keep": 1} if metric.position == -1 else {}
@@ -109,31 +111,47 @@ def masked_variants(
     metric: Metric,
     batch_size: int = 64,
     on_variants: Callable[[int], None] | None = None,
+    skip_unedited_layers: bool = True,
 ) -> torch.Tensor:
     """Mean metric [n_groups] over the prompts ``base_ids`` [n, seq] with each group's components edited.
 
     ``edit_for(hook, mask)`` builds the edit of one hook for a batch, ``mask`` [rows, seq, width] saying
-    which entries each row edits. Groups are batched ``batch_size // n`` at a time.
+    which entries each row edits. Groups are batched ``batch_size // n`` at a time, ordered by their
+    first edited layer; with ``skip_unedited_layers`` the layers before a batch's first edit are not run
+    again: their output is the base run's, taken from one cached forward pass.
     """
     n, seq = base_ids.shape
     widths = hook_widths(lm, {c.hook for group in groups for c in group})
+    first_layer = [min((c.layer for c in group), default=lm.n_layers) for group in groups]
+    order = sorted(range(len(groups)), key=lambda g: first_layer[g])
+    skippable = sorted({first_layer[g] for g in order if 0 < first_layer[g] < lm.n_layers})
+    starts = [f"layers.{layer}.resid_pre" for layer in skippable] if skip_unedited_layers else []
+    cached = lm.capture(base_ids, starts) if starts else {}
     per_batch = max(1, batch_size // n)
-    values = []
-    for start in range(0, len(groups), per_batch):
-        chunk = groups[start : start + per_batch]
+    values = torch.zeros(len(groups), dtype=torch.float64)
+    for start in range(0, len(order), per_batch):
+        chunk = order[start : start + per_batch]
         masks = {
             hook: torch.zeros(len(chunk) * n, seq, width, dtype=torch.bool) for hook, width in widths.items()
         }
         for g, group in enumerate(chunk):
-            for component in group:
+            for component in groups[group]:
                 masks[component.hook][g * n : (g + 1) * n] |= component.mask(widths[component.hook], seq)
-        edits = {hook: edit_for(hook, mask) for hook, mask in masks.items() if bool(mask.any())}
-        prompts = torch.arange(n).repeat(len(chunk))
-        rows = metric_rows(lm, base_ids.repeat(len(chunk), 1), metric, prompts, edits)
-        values.append(rows.reshape(len(chunk), n).mean(1))
+        edits: dict[str, list[Edit]] = {
+            hook: [edit_for(hook, mask)] for hook, mask in masks.items() if bool(mask.any())
+        }
+        skip = min(first_layer[g] for g in chunk)
+        entry = f"layers.{skip}.resid_pre"
+        with ExitStack() as stack:
+            if entry in cached:
+                stack.enter_context(skipping_layers(lm.model, skip))
+                edits[entry] = [Patch(cached[entry].repeat(len(chunk), 1, 1)), *edits.get(entry, [])]
+            prompts = torch.arange(n).repeat(len(chunk))
+            rows = metric_rows(lm, base_ids.repeat(len(chunk), 1), metric, prompts, edits)
+        values[chunk] = rows.reshape(len(chunk), n).mean(1)
         if on_variants is not None:
             on_variants(len(chunk))
-    return torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
+    return values
 
 
 def baselines(

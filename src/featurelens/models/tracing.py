@@ -107,3 +107,28 @@ def run_with_replacement(
     if not fired:
         raise HookError(f"hook point {point.name} did not fire during the forward pass")
     return logits
+
+
+class _Passthrough(nn.Module):
+    """Stands in for a decoder layer whose output is known in advance: returns its input unchanged."""
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return hidden_states
+
+
+@contextmanager
+def skipping_layers(model: nn.Module, n_layers: int) -> Iterator[None]:
+    """While open, the first ``n_layers`` decoder layers pass their input through unchanged (the caller
+    replaces layer ``n_layers``'s input with what they would have computed, e.g. from a cache). Decoder
+    layers must return their hidden states as a tensor, as transformers >= 5 does."""
+    from featurelens.models.hook_points import find_layers
+
+    _, layers = find_layers(model)
+    originals = list(layers[:n_layers])
+    try:
+        for i in range(n_layers):
+            layers[i] = _Passthrough()
+        yield
+    finally:
+        for i, layer in enumerate(originals):
+            layers[i] = layer
