@@ -68,7 +68,7 @@ def test_bad_circuit_input_is_one_clear_line(planted_dir: Path, tmp_path: Path) 
         (["--task", str(long_answer)], "a metric token must be one"),
         (
             ["--task", str(planted_dir / "prompts.jsonl"), "--components", "heads,layers"],
-            "unknown component kind",
+            "unknown components kind",
         ),
         (
             ["--task", str(planted_dir / "prompts.jsonl"), "--exact-prompts", "0"],

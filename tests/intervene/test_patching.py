@@ -11,7 +11,7 @@ from featurelens.dictionaries import TopKDictionary
 from featurelens.dictionaries.identity import IdentityDictionary
 from featurelens.intervene import InterventionError
 from featurelens.intervene.attribution import attribution_patching
-from featurelens.intervene.circuits import faithfulness
+from featurelens.intervene.circuits import faithfulness, faithfulness_by_size
 from featurelens.intervene.components import (
     Component,
     LogitDifference,
@@ -89,6 +89,10 @@ def test_the_found_circuit_is_faithful_and_its_complement_is_not(task: tuple) ->
     assert abs(score.complement) < 0.05
     decoy = [c for c in components if c.label in {"L1H1", "L0N2"}]
     assert abs(faithfulness(lm, clean, decoy, components, metric).circuit) < 0.1
+    ranked = [*circuit, *decoy]
+    curve = dict(faithfulness_by_size(lm, clean, ranked, [0, 1, 2, 4], components, metric))
+    assert curve[0] == pytest.approx(0.0, abs=1e-9) and abs(curve[1]) < 0.1  # the head alone: gated off
+    assert curve[2] == pytest.approx(score.circuit, abs=1e-6) and curve[4] == pytest.approx(1.0, abs=0.05)
 
 
 def test_other_metrics_and_bad_input(task: tuple) -> None:
@@ -100,8 +104,8 @@ def test_other_metrics_and_bad_input(task: tuple) -> None:
         activation_patching(lm, clean, corrupt[:, :5], head_components(lm), metric)
     with pytest.raises(InterventionError, match=r"layers 0\.\.1"):
         head_components(lm, layers=[2])
-    with pytest.raises(InterventionError, match="not among the components"):
-        faithfulness(lm, clean, neuron_components(lm, layers=[1])[:1], head_components(lm), metric)
+    disjoint = faithfulness(lm, clean, neuron_components(lm, layers=[1])[:1], head_components(lm), metric)
+    assert disjoint.circuit == 0.0 and disjoint.complement == 1.0  # the circuit holds none of the heads
 
 
 def test_attribution_is_exact_where_the_metric_is_linear(task: tuple) -> None:

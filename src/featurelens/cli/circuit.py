@@ -10,11 +10,13 @@ lines {"clean": ..., "corrupt": ..., "correct": " Mary", "wrong": " John"}.
 Stages: attribution patching (gradient x activation difference) over every head and neuron on all
 prompts; exact activation patching (clean activations into the corrupted run, batched) of every head and
 of the --exact-neurons neurons attribution ranks highest, on --exact-prompts prompts; the circuit = the
---top-heads heads and --top-neurons neurons by exact effect; its faithfulness (metric with every other
-head and neuron mean-ablated, normalised so 1 = the whole model's behaviour, 0 = none) and its
-complement's; the edges between its nodes (how much of each downstream node's change patching an
-upstream node alone restores). Effects are normalised: 1 = the component restores the whole clean-corrupt
-gap. Writes OUT/components.parquet (every component, ranked) and OUT/circuit.json (the graph; open it with
+--top-heads heads and --top-neurons neurons by exact effect; its faithfulness (the metric with every
+other component of the --ablate kinds mean-ablated, default heads, so the MLPs stay whole; normalised so
+1 = the whole model's behaviour, 0 = that of the model with every such component ablated) and its
+complement's, and the faithfulness of the top 1, 2, 4, ... heads alone; the edges between its nodes
+(how much of each downstream node's change patching an upstream node alone restores). Effects are
+normalised: 1 = the component restores the whole clean-corrupt gap. Writes OUT/components.parquet
+(every component, ranked) and OUT/circuit.json (the graph; look at it with
 `featurelens serve ATLAS --circuit OUT`).
 
 examples:
@@ -62,6 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--top-neurons", type=int, default=defaults.top_neurons, help="neurons in the circuit"
     )
+    parser.add_argument(
+        "--ablate",
+        default=",".join(defaults.ablate),
+        help="kinds mean-ablated outside the circuit (default heads)",
+    )
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="rows per forward pass")
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
 
@@ -76,6 +83,7 @@ def job_from_args(args: argparse.Namespace) -> CircuitJob:
         exact_neurons=args.exact_neurons,
         top_heads=args.top_heads,
         top_neurons=args.top_neurons,
+        ablate=tuple(part.strip() for part in args.ablate.split(",") if part.strip()),
         batch_size=args.batch_size,
         device=args.device,
     )
@@ -104,6 +112,9 @@ def print_report(report: CircuitReport, console: Console, graph: Path) -> None:
         f"circuit of {len(report.circuit)} ({', '.join(c.label for c in report.circuit)}): faithfulness "
         f"{score['faithfulness']:.3f}, complement {score['complement']:.3f}"
     )
+    if report.faithfulness_by_heads:
+        curve = ", ".join(f"{k}: {f:.2f}" for k, f in report.faithfulness_by_heads)
+        console.print(f"faithfulness of the top-k heads alone (k: score): {curve}")
     if report.head_rank_correlation is not None:
         console.print(
             f"attribution vs exact patching over heads: Spearman {report.head_rank_correlation:.3f}"

@@ -66,6 +66,21 @@ def mean_ablation(
     return lambda hook, mask: Mean(means[hook], mask=mask)
 
 
+def _ablated_metrics(
+    lm: LanguageModel,
+    clean_ids: torch.Tensor,
+    groups: Sequence[Sequence[Component]],
+    components: Sequence[Component],
+    metric: Metric,
+    batch_size: int,
+) -> tuple[list[float], float]:
+    """The mean metric with each group mean-ablated, and the clean metric."""
+    ablate = mean_ablation(lm, clean_ids, [c.hook for c in components])
+    values = masked_variants(lm, clean_ids, groups, ablate, metric, batch_size).tolist()
+    clean_metric = float(metric_rows(lm, clean_ids, metric, torch.arange(clean_ids.shape[0])).mean())
+    return values, clean_metric
+
+
 def faithfulness(
     lm: LanguageModel,
     clean_ids: torch.Tensor,
@@ -76,19 +91,34 @@ def faithfulness(
     batch_size: int = 64,
 ) -> Faithfulness:
     """How much of ``metric`` on ``clean_ids`` [n, seq] the ``circuit`` keeps when every other of
-    ``components`` is mean-ablated (and how much the rest keeps without it)."""
+    ``components`` is mean-ablated (and how much the rest keeps without it). Circuit members outside
+    ``components`` (e.g. neurons when only heads are ablated) are never ablated."""
     inside = set(circuit)
-    unknown = [c.label for c in inside if c not in set(components)]
-    if unknown:
-        raise InterventionError(f"circuit component(s) {unknown[:5]} are not among the components ablated")
     outside = [c for c in components if c not in inside]
-    ablate = mean_ablation(lm, clean_ids, [c.hook for c in components])
-    groups = [outside, list(circuit), list(components)]
-    circuit_metric, complement_metric, ablated_metric = masked_variants(
-        lm, clean_ids, groups, ablate, metric, batch_size
-    ).tolist()
-    clean_metric = float(metric_rows(lm, clean_ids, metric, torch.arange(clean_ids.shape[0])).mean())
+    within = [c for c in components if c in inside]
+    (circuit_metric, complement_metric, ablated_metric), clean_metric = _ablated_metrics(
+        lm, clean_ids, [outside, within, list(components)], components, metric, batch_size
+    )
     return Faithfulness(circuit_metric, complement_metric, ablated_metric, clean_metric)
+
+
+def faithfulness_by_size(
+    lm: LanguageModel,
+    clean_ids: torch.Tensor,
+    ranked: Sequence[Component],
+    sizes: Sequence[int],
+    components: Sequence[Component],
+    metric: Metric,
+    *,
+    batch_size: int = 64,
+) -> list[tuple[int, float]]:
+    """Faithfulness of the circuits made of the first k of ``ranked``, for each k in ``sizes``."""
+    groups = [[c for c in components if c not in set(ranked[:k])] for k in sizes]
+    (*kept, ablated), clean_metric = _ablated_metrics(
+        lm, clean_ids, [*groups, list(components)], components, metric, batch_size
+    )
+    scores = [Faithfulness(value, float("nan"), ablated, clean_metric).circuit for value in kept]
+    return list(zip(sizes, scores, strict=True))
 
 
 def is_upstream(lm: LanguageModel, before: Component, after: Component) -> bool:

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import torch
 
 from featurelens.intervene.attribution import attribution_patching
-from featurelens.intervene.circuits import edge_effects, faithfulness
+from featurelens.intervene.circuits import edge_effects, faithfulness, faithfulness_by_size
 from featurelens.intervene.components import Component, head_components, neuron_components
 from featurelens.intervene.edits import InterventionError
 from featurelens.intervene.patching import PatchingResult, activation_patching
@@ -30,6 +30,7 @@ from featurelens.intervene.tasks import PromptPairs, ioi_texts, read_prompt_file
 from featurelens.models import LanguageModel
 
 KINDS = ("heads", "neurons")
+SIZES = (1, 2, 4, 8, 16, 32, 64)  # circuit sizes (top heads) whose faithfulness is reported
 
 
 @dataclass(frozen=True)
@@ -44,13 +45,16 @@ class CircuitJob:
     exact_neurons: int = 32
     top_heads: int = 8
     top_neurons: int = 8
+    ablate: tuple[str, ...] = ("heads",)
     batch_size: int = 64
     device: str | None = None
 
     def __post_init__(self) -> None:
-        unknown = [kind for kind in self.components if kind not in KINDS]
-        if unknown or not self.components:
-            raise InterventionError(f"unknown component kind(s) {unknown}; accepted: {', '.join(KINDS)}")
+        for name in ("components", "ablate"):
+            kinds = getattr(self, name)
+            unknown = [kind for kind in kinds if kind not in KINDS]
+            if unknown or not kinds:
+                raise InterventionError(f"unknown {name} kind(s) {unknown}; accepted: {', '.join(KINDS)}")
         for name in ("exact_prompts", "batch_size"):
             if getattr(self, name) < 1:
                 raise InterventionError(f"{name} must be at least 1, not {getattr(self, name)}")
@@ -68,6 +72,7 @@ class CircuitReport:
     exact: PatchingResult | None
     circuit: list[Component]
     faithfulness: dict[str, float]
+    faithfulness_by_heads: list[tuple[int, float]]
     edges: list[tuple[Component, Component, float]]
     head_rank_correlation: float | None
     seconds: dict[str, float] = field(default_factory=dict)
@@ -141,7 +146,13 @@ def find_circuit(
         raise InterventionError("the circuit is empty: ask for --top-heads or --top-neurons above 0")
 
     stage("faithfulness")
-    score = faithfulness(lm, pairs.clean, circuit, every, pairs.metric, batch_size=job.batch_size).to_dict()
+    ablated = [c for c in every if f"{c.kind}s" in job.ablate] or every
+    score = faithfulness(lm, pairs.clean, circuit, ablated, pairs.metric, batch_size=job.batch_size).to_dict()
+    ranked_heads = _top(ranked, "head", len(heads))
+    sizes = [k for k in SIZES if k < len(ranked_heads)] + [len(ranked_heads)] if ranked_heads else []
+    by_heads = faithfulness_by_size(
+        lm, pairs.clean, ranked_heads, sizes, ablated, pairs.metric, batch_size=job.batch_size
+    )
     stage("edges")
     edges = edge_effects(lm, subset.clean, subset.corrupt, circuit, batch_size=job.batch_size)
     starts = list(seconds.items())
@@ -149,7 +160,7 @@ def find_circuit(
         name: (starts[i + 1][1] if i + 1 < len(starts) else time.perf_counter()) - began
         for i, (name, began) in enumerate(starts)
     }
-    return CircuitReport(pairs, attribution, exact, circuit, score, edges, correlation, durations)
+    return CircuitReport(pairs, attribution, exact, circuit, score, by_heads, edges, correlation, durations)
 
 
 def _top(result: PatchingResult, kind: str, k: int) -> list[Component]:
@@ -213,6 +224,7 @@ def circuit_graph(report: CircuitReport, job: CircuitJob, model: str) -> dict[st
         "clean_metric": report.attribution.clean,
         "corrupt_metric": report.attribution.corrupt,
         "faithfulness": report.faithfulness,
+        "faithfulness_by_heads": [{"heads": k, "faithfulness": f} for k, f in report.faithfulness_by_heads],
         "head_rank_correlation": report.head_rank_correlation,
         "nodes": nodes,
         "edges": edges,
