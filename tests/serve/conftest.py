@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -26,11 +27,11 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def start_server(atlas: Path) -> tuple[subprocess.Popen[str], str]:
-    """Start `featurelens serve` on a free port and wait until it answers."""
+def start_server(atlas: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
+    """Start `featurelens serve` (with ``extra`` options) on a free port and wait until it answers."""
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "featurelens.cli.main", "serve", str(atlas), "--port", str(port)]
+    command = [sys.executable, "-m", "featurelens.cli.main", "serve", str(atlas), "--port", str(port), *extra]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -67,6 +68,45 @@ def fresh_server(atlas_path: Path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def server(atlas_path: Path) -> Iterator[str]:
     process, url = start_server(atlas_path)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def circuit_dir(atlas_path: Path, tiny_model_dir: Path) -> Path:
+    """`featurelens circuit` run on the served atlas's model, with its dictionary's features ranked too."""
+    root = atlas_path.parent
+    prompts = root / "prompts.jsonl"
+    lines = [
+        {"clean": f"{a} b c d e", "corrupt": f"{a} b c d f", "correct": " t", "wrong": " s"} for a in "aghk"
+    ]
+    prompts.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    out = root / "circuit"
+    command = [
+        sys.executable,
+        "-m",
+        "featurelens.cli.main",
+        "circuit",
+        "--model",
+        str(tiny_model_dir),
+        "--task",
+        str(prompts),
+        "--dictionary",
+        str(root / "sae"),
+        "--top-features",
+        "3",
+        "--out",
+        str(out),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def circuit_server(atlas_path: Path, circuit_dir: Path) -> Iterator[str]:
+    process, url = start_server(atlas_path, "--circuit", str(circuit_dir))
     yield url
     process.terminate()
     process.wait(timeout=30)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -134,3 +135,38 @@ def test_openapi_fuzzing_finds_no_server_error(server: str, tmp_path: Path) -> N
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-4000:]
+
+
+def test_the_circuit_view_links_nodes_to_atlas_pages(
+    circuit_server: str, server: str, circuit_dir: Path
+) -> None:
+    graph = httpx.get(f"{circuit_server}/api/circuit").json()
+    written = json.loads((circuit_dir / "circuit.json").read_text())
+    assert [node["id"] for node in graph["nodes"]] == [node["id"] for node in written["nodes"]]
+    features = [node for node in graph["nodes"] if node["kind"] == "feature"]
+    assert len(features) == 3 and all(node["page"] == node["index"] for node in features)
+    assert all(node["page"] is None for node in graph["nodes"] if node["kind"] == "head")
+    assert (
+        graph["atlas_hook"] == "layers.1.resid_post"
+        and httpx.get(f"{circuit_server}/api/meta").json()["circuit"]
+    )
+    missing = httpx.get(f"{server}/api/circuit")
+    assert missing.status_code == 404 and "--circuit" in missing.json()["detail"]
+    assert httpx.get(f"{server}/api/meta").json()["circuit"] is False
+
+
+def test_serving_a_file_that_is_not_a_circuit_is_one_line(atlas_path: Path, tmp_path: Path) -> None:
+    bogus = tmp_path / "circuit.json"
+    bogus.write_text('{"nodes": []}')
+    command = [
+        sys.executable,
+        "-m",
+        "featurelens.cli.main",
+        "serve",
+        str(atlas_path),
+        "--circuit",
+        str(bogus),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "is not a circuit file" in result.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Route, sync_playwright
 
@@ -111,3 +112,31 @@ def test_try_your_own_text_and_steering(page: Page, server: str) -> None:
     changed = "(s => s && s.innerText !== document.querySelector('#steer-baseline').innerText)"
     page.wait_for_function(f"{changed}(document.querySelector('#steer-steered'))", timeout=120_000)
     shot(page, "steer")
+
+
+def test_the_circuit_view_draws_the_graph_and_opens_feature_pages(
+    browser: Browser, circuit_server: str
+) -> None:
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda error: errors.append(str(error)))
+    tab.goto(f"{circuit_server}/#/circuit")
+    tab.wait_for_selector("svg.circuit g.node")
+    graph = httpx.get(f"{circuit_server}/api/circuit").json()
+    assert tab.locator("svg.circuit g.node").count() == len(graph["nodes"])
+    assert tab.locator("svg.circuit line.edge").count() >= len(
+        graph["nodes"]
+    )  # every node reaches the logits
+    assert tab.locator("#circuit-link").count() == 1
+    shot(tab, "circuit")
+    head = next(node for node in graph["nodes"] if node["kind"] == "head")
+    tab.locator(f'svg.circuit g.node[data-id="{head["id"]}"]').click()
+    assert "no page in this atlas" in tab.locator("#circuit-note").inner_text()
+    feature = next(node for node in graph["nodes"] if node["kind"] == "feature")
+    tab.locator(f'svg.circuit g.node[data-id="{feature["id"]}"]').click()
+    tab.wait_for_function(f"location.hash === '#/feature/{feature['page']}'")
+    tab.wait_for_selector("h1")
+    assert f"{feature['page']}" in tab.locator("h1").inner_text()
+    context.close()
+    assert errors == [], errors

@@ -69,6 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=",".join(defaults.ablate),
         help="kinds mean-ablated outside the circuit (default heads)",
     )
+    parser.add_argument(
+        "--dictionary", help="an SAE folder: rank its features (and error term) by attribution"
+    )
+    parser.add_argument(
+        "--top-features", type=int, default=defaults.top_features, help="features in the graph"
+    )
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="rows per forward pass")
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
 
@@ -84,6 +90,8 @@ def job_from_args(args: argparse.Namespace) -> CircuitJob:
         top_heads=args.top_heads,
         top_neurons=args.top_neurons,
         ablate=tuple(part.strip() for part in args.ablate.split(",") if part.strip()),
+        dictionary=args.dictionary,
+        top_features=args.top_features,
         batch_size=args.batch_size,
         device=args.device,
     )
@@ -112,6 +120,10 @@ def print_report(report: CircuitReport, console: Console, graph: Path) -> None:
         f"circuit of {len(report.circuit)} ({', '.join(c.label for c in report.circuit)}): faithfulness "
         f"{score['faithfulness']:.3f}, complement {score['complement']:.3f}"
     )
+    if report.features:
+        effects = dict(zip(attribution.components, attribution.effect.tolist(), strict=True))
+        listed = ", ".join(f"{c.label} {effects[c]:.3f}" for c in report.features)
+        console.print(f"top features by attribution: {listed}")
     if report.faithfulness_by_heads:
         curve = ", ".join(f"{k}: {f:.2f}" for k, f in report.faithfulness_by_heads)
         console.print(f"faithfulness of the top-k heads alone (k: score): {curve}")

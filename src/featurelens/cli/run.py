@@ -174,7 +174,12 @@ def main(args: argparse.Namespace) -> int:
         console.rule("[bold]6. serve")
         return serve.main(
             argparse.Namespace(
-                atlas=str(atlas), port=args.port, host="127.0.0.1", model=None, device=args.device
+                atlas=str(atlas),
+                port=args.port,
+                host="127.0.0.1",
+                model=None,
+                device=args.device,
+                circuit=None,
             )
         )
     console.print(f"browse it in the web app: [bold]{command}[/] (then open http://127.0.0.1:8000)")

@@ -8,6 +8,7 @@ examples:
   featurelens serve runs/demo/atlas.sqlite                 # then open http://127.0.0.1:8000
   featurelens serve runs/demo/atlas.sqlite --port 8080
   featurelens serve runs/demo/atlas.sqlite --host 0.0.0.0  # reachable from other machines (warned)
+  featurelens serve runs/demo/atlas.sqlite --circuit runs/circuit   # plus the circuit view (#/circuit)
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model", help="model for live text and steering (default: the atlas's)")
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    parser.add_argument(
+        "--circuit", help="also show this circuit (a `featurelens circuit` folder or circuit.json)"
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -52,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise ServeError(f"--port must be between 1 and 65535, got {args.port}")
     console = Console(stderr=True)
-    app = create_app(args.atlas, model=args.model, device=args.device)
+    app = create_app(args.atlas, model=args.model, device=args.device, circuit=args.circuit)
     if not is_loopback(args.host):
         console.print(
             f"[bold red]warning:[/] binding {args.host}: anyone who can reach this machine can use the app"

@@ -21,9 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from featurelens.dictionaries.base import Dictionary
 from featurelens.intervene.attribution import attribution_patching
 from featurelens.intervene.circuits import edge_effects, faithfulness, faithfulness_by_size
-from featurelens.intervene.components import Component, head_components, neuron_components
+from featurelens.intervene.components import Component, feature_components, head_components, neuron_components
 from featurelens.intervene.edits import InterventionError
 from featurelens.intervene.patching import PatchingResult, activation_patching
 from featurelens.intervene.tasks import PromptPairs, ioi_texts, read_prompt_file, tokenize_pairs
@@ -46,6 +47,8 @@ class CircuitJob:
     top_heads: int = 8
     top_neurons: int = 8
     ablate: tuple[str, ...] = ("heads",)
+    dictionary: str | None = None  # an SAE folder: its features (and error term) are scored by attribution
+    top_features: int = 8
     batch_size: int = 64
     device: str | None = None
 
@@ -58,7 +61,7 @@ class CircuitJob:
         for name in ("exact_prompts", "batch_size"):
             if getattr(self, name) < 1:
                 raise InterventionError(f"{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("exact_neurons", "top_heads", "top_neurons"):
+        for name in ("exact_neurons", "top_heads", "top_neurons", "top_features"):
             if getattr(self, name) < 0:
                 raise InterventionError(f"{name} must be 0 or more, not {getattr(self, name)}")
 
@@ -71,6 +74,7 @@ class CircuitReport:
     attribution: PatchingResult
     exact: PatchingResult | None
     circuit: list[Component]
+    features: list[Component]
     faithfulness: dict[str, float]
     faithfulness_by_heads: list[tuple[int, float]]
     edges: list[tuple[Component, Component, float]]
@@ -113,9 +117,13 @@ def find_circuit(
     heads = head_components(lm) if "heads" in job.components else []
     neurons = neuron_components(lm) if "neurons" in job.components else []
     every = heads + neurons
+    dictionaries = [Dictionary.load(job.dictionary)] if job.dictionary else []
+    features = [c for d in dictionaries for c in feature_components(d)]
 
     stage("attribution")
-    attribution = attribution_patching(lm, pairs.clean, pairs.corrupt, every, pairs.metric)
+    attribution = attribution_patching(
+        lm, pairs.clean, pairs.corrupt, every + features, pairs.metric, dictionaries=dictionaries
+    )
     checked = heads + _top(attribution, "neuron", job.exact_neurons)
     exact, correlation = None, None
     if checked:
@@ -160,7 +168,10 @@ def find_circuit(
         name: (starts[i + 1][1] if i + 1 < len(starts) else time.perf_counter()) - began
         for i, (name, began) in enumerate(starts)
     }
-    return CircuitReport(pairs, attribution, exact, circuit, score, by_heads, edges, correlation, durations)
+    top_features = _top(attribution, "feature", job.top_features)
+    return CircuitReport(
+        pairs, attribution, exact, circuit, top_features, score, by_heads, edges, correlation, durations
+    )
 
 
 def _top(result: PatchingResult, kind: str, k: int) -> list[Component]:
@@ -172,7 +183,7 @@ def component_table(report: CircuitReport) -> pa.Table:
     exact = {}
     if report.exact is not None:
         exact = dict(zip(report.exact.components, report.exact.effect.tolist(), strict=True))
-    inside = set(report.circuit)
+    inside = set(report.circuit) | set(report.features)
     rows = []
     for rank, (component, effect) in enumerate(report.attribution.ranked(), start=1):
         rows.append(
@@ -206,12 +217,12 @@ def circuit_graph(report: CircuitReport, job: CircuitJob, model: str) -> dict[st
             "exact_effect": exact.get(c),
             "attribution_effect": attribution.get(c),
         }
-        for c in report.circuit
+        for c in [*report.circuit, *report.features]
     ]
     edges = [{"source": u.label, "target": v.label, "weight": w} for u, v, w in report.edges]
     edges += [
         {"source": c.label, "target": "logits", "weight": exact.get(c, attribution[c])}
-        for c in report.circuit
+        for c in [*report.circuit, *report.features]
     ]
     return {
         "kind": "featurelens.circuit",

@@ -2,13 +2,14 @@
 
 Routes (the OpenAPI schema is at ``/openapi.json``):
 
-    GET  /                          the single-page app (overview, #/feature/ID, #/try, #/steer)
+    GET  /                          the single-page app (overview, #/feature/ID, #/try, #/steer, #/circuit)
     GET  /static/...                its script and style sheet, served from the package only
     GET  /api/meta                  model, hook, dictionary, evaluation, settings
     GET  /api/densities             histogram of log10 feature densities, and the dead count
     GET  /api/features              one page of features: ?sort=density&order=desc&limit=50&offset=0
     GET  /api/features/{id}         everything about one feature
     GET  /api/search?q=...          features whose top / output tokens (or explanations) match
+    GET  /api/circuit               the circuit being shown (``--circuit``), nodes linked to atlas pages
     GET  /api/model                 state of the live model: idle, loading, ready, failed
     POST /api/activations           {"text"} -> each token's strongest features (loads the model lazily)
     POST /api/steer                 {"prompt", "features": [{"id", "strength"}], "mode", "max_new_tokens"}
@@ -34,6 +35,8 @@ from pydantic import BaseModel, Field
 
 from featurelens.atlas import Atlas, Feature, FeatureSummary
 from featurelens.errors import FeatureLensError
+from featurelens.intervene.discover import read_circuit
+from featurelens.serve.circuit import CircuitView, circuit_view
 from featurelens.serve.live import LiveModel, ModelBusy, Steering, TokenFeatures
 
 MAX_TEXT_CHARS = 2000
@@ -56,6 +59,7 @@ class Meta(BaseModel):
     output_effects: str
     settings: dict[str, Any]
     live_model: str
+    circuit: bool  # whether /api/circuit has a circuit to show
 
 
 class Densities(BaseModel):
@@ -119,9 +123,17 @@ class _Served:
     lock: threading.Lock
 
 
-def create_app(atlas_path: str | Path, *, model: str | None = None, device: str | None = None) -> FastAPI:
-    """The app serving ``atlas_path``; ``model`` overrides the model named in the atlas."""
+def create_app(
+    atlas_path: str | Path,
+    *,
+    model: str | None = None,
+    device: str | None = None,
+    circuit: str | Path | None = None,
+) -> FastAPI:
+    """The app serving ``atlas_path`` (and the circuit file ``circuit``, if given); ``model`` overrides
+    the model named in the atlas."""
     atlas = Atlas.open(atlas_path)
+    graph = circuit_view(read_circuit(circuit), atlas.meta) if circuit is not None else None
     served = _Served(atlas, LiveModel(atlas.meta, model=model, device=device), threading.Lock())
     app = FastAPI(
         title="featurelens",
@@ -159,6 +171,7 @@ def create_app(atlas_path: str | Path, *, model: str | None = None, device: str 
             output_effects=m["output_effects"],
             settings=m["settings"],
             live_model=served.live.model_spec,
+            circuit=graph is not None,
         )
 
     @app.get("/api/densities")
@@ -213,6 +226,14 @@ def create_app(atlas_path: str | Path, *, model: str | None = None, device: str 
             for f in found
         ]
         return SearchResults(query=q, results=hits)
+
+    @app.get("/api/circuit", responses={404: {"description": "no circuit is being served"}})
+    def circuit_graph() -> CircuitView:
+        if graph is None:
+            raise HTTPException(
+                404, "no circuit is served; start with featurelens serve ATLAS --circuit FOLDER"
+            )
+        return graph
 
     @app.get("/api/model")
     def model_state() -> ModelState:

@@ -1,4 +1,4 @@
-// featurelens web app: one page, four views (#/, #/feature/ID, #/try, #/steer), built on /api.
+// featurelens web app: one page, five views (#/, #/feature/ID, #/try, #/steer, #/circuit), built on /api.
 "use strict";
 
 const view = document.getElementById("view");
@@ -255,6 +255,93 @@ async function searchView(query) {
       : el("p", { class: "muted" }, "no feature matches"));
 }
 
+const SVG = "http://www.w3.org/2000/svg";
+function svgEl(tag, attrs = {}, text) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function circuitGraph(graph) {  // nodes placed by layer (columns), edges weighted by their effect
+  const nodes = [...graph.nodes].sort((a, b) => a.layer - b.layer || a.kind.localeCompare(b.kind) || a.index - b.index);
+  const layers = [...new Set(nodes.map((n) => n.layer))];
+  const columnOf = new Map(layers.map((layer, i) => [layer, i]));
+  const rows = new Map();
+  const place = new Map();
+  const gapX = 120, gapY = 46, pad = 40;
+  for (const node of nodes) {
+    const column = columnOf.get(node.layer);
+    const row = rows.get(column) || 0;
+    rows.set(column, row + 1);
+    place.set(node.id, { x: pad + column * gapX, y: pad + row * gapY });
+  }
+  const tallest = Math.max(1, ...rows.values());
+  const width = pad * 2 + layers.length * gapX + 60, height = pad * 2 + tallest * gapY;
+  place.set("logits", { x: pad + layers.length * gapX, y: pad + ((tallest - 1) * gapY) / 2 });
+  const svg = svgEl("svg", { class: "circuit", width, height, viewBox: `0 0 ${width} ${height}` });
+  const strongest = Math.max(1e-9, ...graph.edges.map((e) => Math.abs(e.weight)));
+  for (const edge of graph.edges) {
+    const from = place.get(edge.source), to = place.get(edge.target);
+    if (!from || !to) continue;
+    const line = svgEl("line", {
+      x1: from.x, y1: from.y, x2: to.x, y2: to.y, class: edge.weight >= 0 ? "edge pos" : "edge neg",
+      "stroke-width": 0.5 + 5 * Math.abs(edge.weight) / strongest,
+    });
+    line.append(svgEl("title", {}, `${edge.source} → ${edge.target}: ${fmt(edge.weight)}`));
+    svg.append(line);
+  }
+  for (const node of nodes) {
+    const { x, y } = place.get(node.id);
+    const effect = node.exact_effect ?? node.attribution_effect;
+    const group = svgEl("g", { class: `node ${node.kind}${node.page !== null ? " linked" : ""}`, "data-id": node.id });
+    group.append(svgEl("circle", { cx: x, cy: y, r: 9 + 12 * Math.min(1, Math.abs(effect ?? 0)) }));
+    group.append(svgEl("text", { x, y: y + 26, "text-anchor": "middle" }, node.id));
+    group.append(svgEl("title", {}, `${node.id} (${node.kind}, ${node.hook}): effect ${fmt(effect)}` +
+      (node.page !== null ? " — click for its atlas page" : " — not in this atlas")));
+    group.addEventListener("click", () => {
+      if (node.page !== null) location.hash = `#/feature/${node.page}`;
+      else document.getElementById("circuit-note").textContent =
+        `${node.id} has no page in this atlas (it maps ${graph.atlas_hook}); ` +
+        (node.kind === "neuron" ? `build one with featurelens atlas layers.${node.layer}.mlp_neurons`
+          : "heads have no atlas pages yet");
+    });
+    svg.append(group);
+  }
+  const sink = place.get("logits");
+  svg.append(svgEl("rect", { x: sink.x - 26, y: sink.y - 12, width: 52, height: 24, class: "sink" }));
+  svg.append(svgEl("text", { x: sink.x, y: sink.y + 4, "text-anchor": "middle" }, "logits"));
+  return svg;
+}
+
+async function circuitView() {
+  const graph = await api("/api/circuit");
+  const f = graph.faithfulness;
+  put(
+    el("h1", {}, `circuit: ${graph.task.split("/").pop()}`),
+    el("p", { class: "muted" }, `${graph.model} · ${graph.prompts} prompt pairs, e.g. “${graph.example.clean}” → ` +
+      `“${graph.example.correct}” · ${graph.metric}`),
+    el("div", { class: "stats" },
+      el("span", {}, "clean metric ", el("b", {}, fmt(graph.clean_metric))),
+      el("span", {}, "corrupted ", el("b", {}, fmt(graph.corrupt_metric))),
+      el("span", {}, "faithfulness ", el("b", { id: "faithfulness" }, fmt(f.faithfulness))),
+      el("span", {}, "complement ", el("b", {}, fmt(f.complement))),
+      graph.head_rank_correlation === null ? null
+        : el("span", {}, "attribution vs exact (Spearman, heads) ", el("b", {}, fmt(graph.head_rank_correlation)))),
+    el("div", { class: "panel" }, circuitGraph(graph)),
+    el("p", { id: "circuit-note", class: "muted" }, "node size: effect (1 = the whole clean-corrupt gap); " +
+      "edge width: how much of the downstream node's change the upstream node restores; click a node."),
+    graph.faithfulness_by_heads.length === 0 ? null : el("p", {}, "faithfulness of the top-k heads alone: " +
+      graph.faithfulness_by_heads.map((p) => `${p.heads}: ${fmt(p.faithfulness, 2)}`).join(", ")),
+    el("table", {},
+      el("tr", {}, ...["node", "kind", "layer", "exact effect", "attribution effect", "atlas"].map((h) => el("th", {}, h))),
+      ...graph.nodes.map((n) => el("tr", {},
+        el("td", {}, n.id), el("td", {}, n.kind), el("td", { class: "num" }, n.layer),
+        el("td", { class: "num" }, fmt(n.exact_effect)), el("td", { class: "num" }, fmt(n.attribution_effect)),
+        el("td", {}, n.page === null ? "—" : featureLink(n.page))))),
+  );
+}
+
 async function render() {
   const hash = decodeURIComponent(location.hash.slice(1)) || "/";
   try {
@@ -263,6 +350,7 @@ async function render() {
     else if (hash.startsWith("/try")) await tryText();
     else if (hash.startsWith("/steer")) await steer();
     else if ((match = hash.match(/^\/search\/(.+)$/))) await searchView(match[1]);
+    else if (hash.startsWith("/circuit")) await circuitView();
     else await overview();
   } catch (error) {
     put(el("p", { class: "error" }, error.message));
@@ -275,4 +363,7 @@ document.getElementById("search-form").addEventListener("submit", (event) => {
   if (query) location.hash = `#/search/${encodeURIComponent(query)}`;
 });
 window.addEventListener("hashchange", render);
+api("/api/meta").then((meta) => {  // the circuit link only when a circuit is served
+  if (meta.circuit) document.querySelector("nav").append(el("a", { href: "#/circuit", id: "circuit-link" }, "circuit"));
+}).catch(() => {});
 render();

@@ -1,0 +1,58 @@
+"""The circuit view's data: a ``circuit.json`` (from `featurelens circuit`) as typed API models, each node
+linked to its page in the served atlas when the atlas maps that node (a feature of the atlas's dictionary,
+or a neuron of a neuron atlas of the same layer)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class CircuitNode(BaseModel):
+    id: str
+    kind: str  # head, neuron or feature
+    layer: int
+    index: int
+    hook: str
+    exact_effect: float | None
+    attribution_effect: float | None
+    page: int | None  # feature id of this node in the served atlas, when it has one
+
+
+class CircuitEdge(BaseModel):
+    source: str
+    target: str  # a node id, or "logits"
+    weight: float
+
+
+class CircuitView(BaseModel):
+    model: str
+    task: str
+    metric: str
+    prompts: int
+    clean_metric: float
+    corrupt_metric: float
+    faithfulness: dict[str, float]
+    faithfulness_by_heads: list[dict[str, float]]
+    head_rank_correlation: float | None
+    nodes: list[CircuitNode]
+    edges: list[CircuitEdge]
+    example: dict[str, str]
+    atlas_hook: str
+
+
+def atlas_page(node: dict[str, Any], atlas_meta: dict[str, Any]) -> int | None:
+    """The feature id that shows ``node`` in the atlas described by ``atlas_meta``, if any."""
+    same_hook = node["hook"] == atlas_meta["hook_in"]
+    if node["kind"] == "feature" and same_hook and atlas_meta["kind"] == "dictionary":
+        return int(node["index"])
+    if node["kind"] == "neuron" and same_hook and node["index"] < int(atlas_meta["d_latent"]):
+        return int(node["index"])
+    return None
+
+
+def circuit_view(graph: dict[str, Any], atlas_meta: dict[str, Any]) -> CircuitView:
+    nodes = [CircuitNode(**node, page=atlas_page(node, atlas_meta)) for node in graph["nodes"]]
+    fields = {name: graph[name] for name in CircuitView.model_fields if name not in ("nodes", "atlas_hook")}
+    return CircuitView(**fields, nodes=nodes, atlas_hook=atlas_meta["hook_in"])
