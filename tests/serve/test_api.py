@@ -77,14 +77,27 @@ def test_bad_requests_get_a_4xx_with_a_message(server: str) -> None:
         ("POST", "/api/activations", {"text": "x" * 2001}, 422),
         ("POST", "/api/activations", {"text": ""}, 422),
         ("POST", "/api/steer", {"prompt": "a", "features": [{"id": 1, "strength": 1e9}]}, 422),
-        ("POST", "/api/steer", {"prompt": "a", "features": [{"id": 99, "strength": 1}]}, 422),
+        ("POST", "/api/steer", {"prompt": "a", "features": [{"id": 99, "strength": 1}]}, 404),
         ("POST", "/api/steer", {"prompt": "a", "features": [], "max_new_tokens": 100000}, 422),
+        ("POST", "/api/steer", {"prompt": "a", "features": [{"id": 1, "strength": False}]}, 422),
+        ("POST", "/api/steer", {"prompt": "a", "features": [{"id": "1", "strength": 1}]}, 422),
+        ("POST", "/api/steer", {"prompt": "a", "features": [], "colour": "red"}, 422),
         ("GET", "/api/nothing", None, 404),
     ]
     for method, path, body, status in cases:
         response = httpx.request(method, f"{server}{path}", json=body, timeout=60)
-        assert response.status_code == status, (path, response.text)
-        assert response.json()["detail"], path
+        assert response.status_code == status, (path, body, response.text)
+        detail = response.json()["detail"]
+        assert isinstance(detail, str) and detail and "\n" not in detail, (
+            path,
+            detail,
+        )  # the documented form
+    broken = httpx.post(
+        f"{server}/api/activations", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert broken.status_code in (400, 422) and isinstance(broken.json()["detail"], str)
+    whole = {"prompt": "a", "features": [{"id": 1.0, "strength": 0}], "max_new_tokens": 2.0}
+    assert httpx.post(f"{server}/api/steer", json=whole, timeout=120).status_code == 200  # JSON integers
 
 
 def test_no_url_reaches_a_file_outside_the_app(server: str) -> None:
@@ -114,15 +127,17 @@ def test_requests_while_the_model_loads_get_429_never_a_500(fresh_server: str) -
     assert post(0) == 200
 
 
-def test_openapi_fuzzing_finds_no_server_error(server: str, tmp_path: Path) -> None:
+def test_openapi_fuzzing_finds_no_contract_violation(circuit_server: str, tmp_path: Path) -> None:
+    """Every schemathesis check (server errors, undocumented status codes, replies that break the
+    schema, invalid data accepted, valid data rejected), over every endpoint including the circuit."""
     schemathesis = Path(sys.executable).with_name("schemathesis")
     result = subprocess.run(
         [
             str(schemathesis),
             "run",
-            f"{server}/openapi.json",
+            f"{circuit_server}/openapi.json",
             "--checks",
-            "not_a_server_error",
+            "all",
             "--max-examples",
             "15",
             "--generation-deterministic",

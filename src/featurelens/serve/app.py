@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from featurelens.atlas import Atlas, Feature, FeatureSummary
 from featurelens.errors import FeatureLensError
@@ -95,25 +96,69 @@ class ModelState(BaseModel):
     detail: str
 
 
-class TextRequest(BaseModel):
+class ErrorReply(BaseModel):
+    """Every 4xx reply: one line saying what was wrong and what is accepted."""
+
+    detail: str
+
+
+class StrictBody(BaseModel):
+    """Request bodies take JSON types as they are: no ``false`` for a number, no ``"3"`` for an id."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+def _json_integer(value: Any) -> Any:
+    """JSON Schema's integer: ``3`` and ``3.0``, never ``true`` or ``"3"``."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WHOLE = BeforeValidator(_json_integer)
+
+
+class TextRequest(StrictBody):
     text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
-    top_n: Annotated[int, Field(ge=1, le=20)] = 5
+    top_n: Annotated[int, Field(ge=1, le=20), WHOLE] = 5
 
 
 class Activations(BaseModel):
     tokens: list[TokenFeatures]
 
 
-class FeatureStrength(BaseModel):
-    id: Annotated[int, Field(ge=0)]
+class FeatureStrength(StrictBody):
+    id: Annotated[int, Field(ge=0), WHOLE]
     strength: Annotated[float, Field(ge=-MAX_STRENGTH, le=MAX_STRENGTH, allow_inf_nan=False)]
 
 
-class SteerRequest(BaseModel):
+class SteerRequest(StrictBody):
     prompt: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
     features: Annotated[list[FeatureStrength], Field(max_length=MAX_STEERED_FEATURES)]
     mode: Literal["add", "clamp"] = "add"
-    max_new_tokens: Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS)] = 24
+    max_new_tokens: Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS), WHOLE] = 24
+
+
+ERRORS = {
+    400: "a request the atlas or model cannot serve (e.g. a body that is not JSON)",
+    404: "no such feature or circuit",
+    422: "a parameter or body field of the wrong type or out of range",
+    429: "the model is loading; retry after the Retry-After seconds",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the 4xx ``codes`` a route can answer, all with :class:`ErrorReply`."""
+    return {code: {"model": ErrorReply, "description": ERRORS[code]} for code in codes}
+
+
+def one_line(error: RequestValidationError) -> str:
+    """``body.features.0.strength: Input should be a valid number`` (the first problem, and a count)."""
+    problems = error.errors()
+    first = problems[0] if problems else {"loc": (), "msg": "invalid request"}
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"{where}: {first.get('msg', 'invalid')}{more}" if where else f"{first.get('msg')}{more}"
 
 
 @dataclass
@@ -150,6 +195,10 @@ def create_app(
     @app.exception_handler(FeatureLensError)
     def refused(_request: Request, error: FeatureLensError) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    def invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": one_line(error)}, status_code=422)
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -190,7 +239,7 @@ def create_app(
         edges = [low + i * (high - low) / n_bins for i in range(n_bins + 1)]
         return Densities(edges=edges, counts=counts, dead=len(values) - len(logs))
 
-    @app.get("/api/features")
+    @app.get("/api/features", responses=errors(422))
     def features(
         sort: Literal[
             "id", "density", "count", "mean_activation", "max_activation", "explanation_score"
@@ -203,14 +252,14 @@ def create_app(
             items = atlas.features(sort=sort, descending=order == "desc", limit=limit, offset=offset)
         return FeaturePage(total=len(atlas), sort=sort, order=order, items=items)
 
-    @app.get("/api/features/{feature_id}", responses={404: {"description": "no such feature"}})
+    @app.get("/api/features/{feature_id}", responses=errors(404, 422))
     def feature(feature_id: int) -> Feature:
         if not 0 <= feature_id < len(atlas):
             raise HTTPException(404, f"feature {feature_id} is out of range: ids are 0..{len(atlas) - 1}")
         with served.lock:
             return atlas.feature(feature_id)
 
-    @app.get("/api/search")
+    @app.get("/api/search", responses=errors(422))
     def search(
         q: Annotated[str, Query(max_length=200)], limit: Annotated[int, Query(ge=1, le=100)] = 20
     ) -> SearchResults:
@@ -227,7 +276,7 @@ def create_app(
         ]
         return SearchResults(query=q, results=hits)
 
-    @app.get("/api/circuit", responses={404: {"description": "no circuit is being served"}})
+    @app.get("/api/circuit", responses=errors(404))
     def circuit_graph() -> CircuitView:
         if graph is None:
             raise HTTPException(
@@ -240,17 +289,17 @@ def create_app(
         live = served.live
         return ModelState(state=live.state, model=live.model_spec, detail=live.error)
 
-    @app.post("/api/activations", responses={429: {"description": "the model is loading"}})
+    @app.post("/api/activations", responses=errors(400, 422, 429))
     def activations(request: TextRequest) -> Activations:
         tokens: list[TokenFeatures] = served.live.activations(request.text, request.top_n)
         return Activations(tokens=tokens)
 
-    @app.post("/api/steer", responses={429: {"description": "the model is loading"}})
+    @app.post("/api/steer", responses=errors(400, 404, 422, 429))
     def steer(request: SteerRequest) -> Steering:
         strengths: dict[int, float] = {}
         for item in request.features:
             if item.id >= len(atlas):
-                raise HTTPException(422, f"feature {item.id} is out of range: ids are 0..{len(atlas) - 1}")
+                raise HTTPException(404, f"feature {item.id} is out of range: ids are 0..{len(atlas) - 1}")
             strengths[item.id] = strengths.get(item.id, 0.0) + item.strength
         return served.live.steer(request.prompt, strengths, request.mode, request.max_new_tokens)
 
