@@ -152,6 +152,7 @@ def test_skipping_the_unedited_layers_changes_nothing(family: str) -> None:
     metric = LogitDifference(torch.tensor([5, 6, 7]), torch.tensor([8, 9, 10]))
     components = head_components(lm, layers=[1, 2]) + neuron_components(lm, layers=[2], neurons=[0, 3])
     components += residual_components(lm, positions=[2], layers=[1, 2])
+    components += head_components(lm, layers=[0, 2], positions=[1, 4, 5])  # runs from a KV-cached prefix
     cache = lm.capture(clean, sorted({c.hook for c in components}, key=list(lm.hook_points).index))
 
     def patch(hook: str, mask: torch.Tensor) -> Patch:
@@ -162,3 +163,26 @@ def test_skipping_the_unedited_layers_changes_nothing(family: str) -> None:
     full = masked_variants(lm, corrupt, groups, patch, metric, batch_size=6, skip_unedited_layers=False)
     torch.testing.assert_close(skipped, full, atol=1e-5, rtol=1e-5)
     assert float((full - full.mean()).abs().max()) > 1e-3  # the patches do differ
+
+
+def test_patches_that_change_nothing_keep_the_base_metric(task: tuple) -> None:
+    lm, clean, corrupt, metric = task
+    shared = 1  # the prompts differ from their marked token on
+    agree = torch.equal(clean[:, :shared], corrupt[:, :shared]) and not torch.equal(
+        clean[:, 1], corrupt[:, 1]
+    )
+    assert agree
+    components = head_components(lm, positions=range(8))
+    result = activation_patching(lm, clean, corrupt, components, metric)
+    counted: list[int] = []
+    activation_patching(lm, clean, corrupt, components, metric, on_variants=counted.append)
+    assert sum(counted) == len(components)
+    cache = lm.capture(clean, ["layers.0.attn_heads", "layers.1.attn_heads"])
+
+    def patch(hook: str, mask: torch.Tensor) -> Patch:
+        return Patch(cache[hook].repeat(mask.shape[0] // len(clean), 1, 1), mask=mask)
+
+    ran = masked_variants(lm, corrupt, [[c] for c in components], patch, metric, skip_unedited_layers=False)
+    torch.testing.assert_close(result.patched, ran, atol=1e-4, rtol=1e-5)
+    at_start = [i for i, c in enumerate(components) if c.position is not None and c.position < shared]
+    assert at_start and all(float(result.patched[i]) == result.corrupt for i in at_start)

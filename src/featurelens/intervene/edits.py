@@ -70,6 +70,8 @@ class Edit:
             mask = self.mask.to(x.device)
             if mask.ndim == 2:  # [batch, width]: per row, every position
                 mask = mask[:, None, :]
+            elif mask.ndim == 3 and mask.shape[0] in (1, x.shape[0]):  # per row and real-token position
+                mask = _at_positions(mask, call)
             try:
                 where = where & mask
             except RuntimeError as error:
@@ -81,6 +83,23 @@ class Edit:
             return x
         y = self.replacement(x, call)
         return torch.where(where, y.to(x.dtype), x)
+
+
+def _at_positions(per_position: torch.Tensor, call: CallPositions) -> torch.Tensor:
+    """Rows of ``per_position`` [batch, positions, width] at each column's real-token position: [batch,
+    seq, width] for the call's columns (a call continuing a KV cache starts past position 0)."""
+    positions = call.real.clamp(min=0).to(per_position.device)
+    if int(positions.max()) >= per_position.shape[1]:
+        raise InterventionError(
+            f"a per-position tensor covers {per_position.shape[1]} positions; this input reaches "
+            f"position {int(positions.max())}"
+        )
+    if positions.shape[1] == per_position.shape[1] and bool(
+        (positions == torch.arange(positions.shape[1], device=positions.device)).all()
+    ):
+        return per_position
+    index = positions[..., None].expand(-1, -1, per_position.shape[-1])
+    return torch.gather(per_position.expand(positions.shape[0], -1, -1), 1, index)
 
 
 def _check_width(vector: torch.Tensor, x: torch.Tensor, what: str) -> None:
@@ -168,14 +187,7 @@ class Patch(Edit):
             raise InterventionError(
                 f"the patch source has {source.shape[0]} rows; the input has {x.shape[0]} (or pass 1 row)"
             )
-        positions = call.real.clamp(min=0).to(source.device)
-        if int(positions.max()) >= source.shape[1]:
-            raise InterventionError(
-                f"the patch source covers {source.shape[1]} positions; this input reaches position "
-                f"{int(positions.max())}"
-            )
-        source = source.expand(x.shape[0], -1, -1)
-        return torch.gather(source, 1, positions[..., None].expand(-1, -1, source.shape[-1])).to(x.device)
+        return _at_positions(source.expand(x.shape[0], -1, -1), call).to(x.device)
 
 
 @dataclass(frozen=True, eq=False)

@@ -9,16 +9,25 @@ for noising, so 1 means "this component alone carries the whole effect" either w
 Every variant is a row of one batch: row ``c * n + i`` is prompt ``i`` with component ``c`` patched, and
 each hook's :class:`Patch` edit carries a per-row mask, so a batch of ``batch_size`` rows patches
 ``batch_size // n`` components at once (tested equal to patching them one at a time).
+
+Two exact shortcuts keep sweeps over positions cheap. A variant whose first edit is at layer L and
+position p cannot change anything before either (the model is causal), so its batch runs only layers
+L.. (their input taken from one cached base pass) and only positions p.. (the earlier positions' keys and
+values taken from the base run's KV cache). And a patch that would write the numbers already there (the
+clean and corrupted prompts agree up to that position) is not run at all: its metric is the base run's.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from featurelens.intervene.components import Component, Metric, hook_widths
 from featurelens.intervene.context import intervening
@@ -91,16 +100,41 @@ def metric_rows(
     metric: Metric,
     prompts: torch.Tensor,
     edits: Mapping[str, Edit | Sequence[Edit]] | None = None,
+    past: DynamicCache | None = None,
 ) -> torch.Tensor:
-    """The metric [rows] of ``input_ids`` [rows, seq] (row r is prompt ``prompts[r]``) under ``edits``."""
-    keep = {"logits_to_keep": 1} if metric.position == -1 else {}
-    with torch.inference_mode():
+    """The metric [rows] of ``input_ids`` [rows, seq] (row r is prompt ``prompts[r]``) under ``edits``;
+    with ``past`` the ids continue the prompts whose keys and values it holds."""
+    keep: dict[str, object] = {"logits_to_keep": 1} if metric.position == -1 else {}
+    if past is not None:
+        keep |= {_cache_keyword(lm): past, "use_cache": True}
+    with torch.inference_mode(), ExitStack() as stack:
         if edits:
-            with intervening(lm, edits):
-                logits = lm.model(input_ids=input_ids.to(lm.device), **keep).logits
-        else:
-            logits = lm.model(input_ids=input_ids.to(lm.device), **keep).logits
+            stack.enter_context(intervening(lm, edits))
+        logits = lm.model(input_ids=input_ids.to(lm.device), **keep).logits
     return metric(logits, prompts.to(logits.device)).double().cpu()
+
+
+def _cache_keyword(lm: LanguageModel) -> str:
+    """The forward argument that takes a KV cache: ``cache`` (transformers >= 5.24) or ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(lm.model.forward).parameters else "past_key_values"
+
+
+def _prefix_cache(lm: LanguageModel, input_ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Keys and values [n, kv_heads, seq, head_dim] of every layer for ``input_ids`` [n, seq], or none
+    where the model's cache is not one plain key/value pair per layer (sliding windows, recurrent
+    layers): such models recompute every position."""
+    with torch.inference_mode():
+        output = lm.model(input_ids=input_ids.to(lm.device), use_cache=True, logits_to_keep=1)
+    cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
+    layers = getattr(cache, "layers", None)
+    if type(cache) is not DynamicCache or not layers or any(type(x) is not DynamicLayer for x in layers):
+        return []
+    return [(layer.keys, layer.values) for layer in layers]
+
+
+def _first_position(group: Sequence[Component], seq: int) -> int:
+    """The earliest position a group edits (0 when one of its components covers every position)."""
+    return min((0 if c.position is None else c.position % seq for c in group), default=0)
 
 
 def masked_variants(
@@ -123,10 +157,16 @@ def masked_variants(
     n, seq = base_ids.shape
     widths = hook_widths(lm, {c.hook for group in groups for c in group})
     first_layer = [min((c.layer for c in group), default=lm.n_layers) for group in groups]
-    order = sorted(range(len(groups)), key=lambda g: first_layer[g])
+    first_position = [_first_position(group, seq) for group in groups]
+    order = sorted(range(len(groups)), key=lambda g: (first_layer[g], -first_position[g]))
     skippable = sorted({first_layer[g] for g in order if 0 < first_layer[g] < lm.n_layers})
     starts = [f"layers.{layer}.resid_pre" for layer in skippable] if skip_unedited_layers else []
     cached = lm.capture(base_ids, starts) if starts else {}
+    prefix = (
+        _prefix_cache(lm, base_ids)
+        if skip_unedited_layers and metric.position == -1 and max(first_position, default=0) > 0
+        else []
+    )
     per_batch = max(1, batch_size // n)
     values = torch.zeros(len(groups), dtype=torch.float64)
     for start in range(0, len(order), per_batch):
@@ -141,13 +181,26 @@ def masked_variants(
             hook: [edit_for(hook, mask)] for hook, mask in masks.items() if bool(mask.any())
         }
         skip = min(first_layer[g] for g in chunk)
+        start_at = min(first_position[g] for g in chunk) if prefix else 0
         entry = f"layers.{skip}.resid_pre"
+        past = None
+        if start_at > 0:
+            past = DynamicCache(
+                [
+                    (
+                        k[:, :, :start_at].repeat(len(chunk), 1, 1, 1),
+                        v[:, :, :start_at].repeat(len(chunk), 1, 1, 1),
+                    )
+                    for k, v in prefix
+                ]
+            )
         with ExitStack() as stack:
             if entry in cached:
                 stack.enter_context(skipping_layers(lm.model, skip))
                 edits[entry] = [Patch(cached[entry].repeat(len(chunk), 1, 1)), *edits.get(entry, [])]
             prompts = torch.arange(n).repeat(len(chunk))
-            rows = metric_rows(lm, base_ids.repeat(len(chunk), 1), metric, prompts, edits)
+            ids = base_ids[:, start_at:].repeat(len(chunk), 1)
+            rows = metric_rows(lm, ids, metric, prompts, edits, past)
         values[chunk] = rows.reshape(len(chunk), n).mean(1)
         if on_variants is not None:
             on_variants(len(chunk))
@@ -185,10 +238,25 @@ def activation_patching(
     base, source = (corrupt_ids, clean_ids) if direction == "denoise" else (clean_ids, corrupt_ids)
     hooks = sorted({c.hook for c in components}, key=list(lm.hook_points).index)
     cache = lm.capture(source, hooks, stop_early=True)
+    base_cache = lm.capture(base, hooks, stop_early=True)
+    seq = base.shape[1]
+    changes = [
+        not torch.equal(cache[c.hook][:, mask], base_cache[c.hook][:, mask])
+        for c in components
+        for mask in [c.mask(cache[c.hook].shape[-1], seq)]
+    ]
+    run = [c for c, changed in zip(components, changes, strict=True) if changed]
 
     def patch(hook: str, mask: torch.Tensor) -> Edit:
         return Patch(cache[hook].repeat(mask.shape[0] // clean_ids.shape[0], 1, 1), mask=mask)
 
-    patched = masked_variants(lm, base, [[c] for c in components], patch, metric, batch_size, on_variants)
     clean, corrupt = baselines(lm, clean_ids, corrupt_ids, metric)
+    patched = torch.full(
+        (len(components),), corrupt if direction == "denoise" else clean, dtype=torch.float64
+    )
+    if on_variants is not None and len(run) < len(components):
+        on_variants(len(components) - len(run))  # patches that change nothing: the base run's metric
+    if run:
+        values = masked_variants(lm, base, [[c] for c in run], patch, metric, batch_size, on_variants)
+        patched[torch.tensor(changes)] = values
     return PatchingResult(list(components), patched, clean, corrupt, direction, "exact")
