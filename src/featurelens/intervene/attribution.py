@@ -20,7 +20,7 @@ import torch
 from featurelens.dictionaries.base import Dictionary
 from featurelens.intervene.components import Component, Metric
 from featurelens.intervene.edits import InterventionError
-from featurelens.intervene.patching import Direction, PatchingResult, baselines, check_pair
+from featurelens.intervene.patching import Direction, PatchingResult, check_pair, metric_rows
 from featurelens.models import LanguageModel
 from featurelens.models.tracing import replacing
 
@@ -37,28 +37,41 @@ def _frozen(lm: LanguageModel) -> Iterator[None]:
             parameter.requires_grad_(flag)
 
 
+@contextmanager
+def _recording(
+    lm: LanguageModel, hooks: Sequence[str], *, retain_grad: bool = False
+) -> Iterator[dict[str, torch.Tensor]]:
+    """While open, each forward pass records the tensor [n, seq, width] of every one of ``hooks`` into
+    the yielded dict (with ``retain_grad``, keeping its gradient after ``backward``)."""
+    kept: dict[str, torch.Tensor] = {}
+
+    def keep(name: str) -> Any:
+        def edit(x: torch.Tensor) -> torch.Tensor:
+            if retain_grad:
+                x.retain_grad()
+            kept[name] = x
+            return x
+
+        return edit
+
+    with ExitStack() as stack:
+        for hook in hooks:
+            stack.enter_context(replacing(lm.hook_point(hook), keep(hook)))
+        yield kept
+
+
 def gradients(
     lm: LanguageModel, input_ids: torch.Tensor, hooks: Sequence[str], metric: Metric
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
     """Activations and gradients of the mean metric at ``hooks`` for ``input_ids`` [n, seq]: two dicts
     hook -> [n, seq, width], and the metric per prompt [n]."""
-    kept: dict[str, torch.Tensor] = {}
-
-    def keep(name: str) -> Any:
-        def edit(x: torch.Tensor) -> torch.Tensor:
-            x.retain_grad()
-            kept[name] = x
-            return x
-
-        return edit
 
     def enter_graph(x: torch.Tensor) -> torch.Tensor:
         return x.detach().requires_grad_(True)
 
     with ExitStack() as stack, _frozen(lm), torch.enable_grad():
         stack.enter_context(replacing(lm.hook_point("embed"), enter_graph))
-        for hook in hooks:
-            stack.enter_context(replacing(lm.hook_point(hook), keep(hook)))
+        kept = stack.enter_context(_recording(lm, hooks, retain_grad=True))
         keep_last = {"logits_to_keep": 1} if metric.position == -1 else {}
         logits = lm.model(input_ids=input_ids.to(lm.device), **keep_last).logits
         values = metric(logits, torch.arange(input_ids.shape[0], device=logits.device))
@@ -105,12 +118,12 @@ def attribution_patching(
         raise InterventionError(f"feature components at {', '.join(missing)} need their dictionary")
     base, source = (corrupt_ids, clean_ids) if direction == "denoise" else (clean_ids, corrupt_ids)
     hooks = sorted({c.hook for c in components}, key=list(lm.hook_points).index)
-    activations, grads, _ = gradients(lm, base, hooks, metric)
-    source_activations = lm.capture(source, hooks, stop_early=True)
-    seq = base.shape[1]
+    activations, grads, base_values = gradients(lm, base, hooks, metric)
+    with _recording(lm, hooks) as source_activations:
+        source_value = float(metric_rows(lm, source, metric, torch.arange(source.shape[0])).mean())
     # the gradients are of the mean over prompts, so summing over prompts gives the mean effect
-    per_entry = {
-        hook: (grads[hook] * (source_activations[hook] - activations[hook])).sum(0) for hook in hooks
+    scores = {
+        hook: (grads[hook] * (source_activations[hook] - activations[hook])).sum(0).double() for hook in hooks
     }
     features = {
         hook: _feature_scores(by_hook[hook], grads[hook], source_activations[hook], activations[hook])
@@ -119,15 +132,16 @@ def attribution_patching(
     estimates = []
     for component in components:
         if component.kind in ("feature", "error"):
-            scores_per_feature, error = features[component.hook]
-            estimates.append(
-                error if component.kind == "error" else float(scores_per_feature[component.index])
-            )
+            per_feature, error = features[component.hook]
+            estimates.append(error if component.kind == "error" else float(per_feature[component.index]))
             continue
-        scores = per_entry[component.hook]  # [seq, width]
-        mask = component.mask(scores.shape[-1], seq).to(scores.device)
-        estimates.append(float(scores.double()[mask].sum()))
-    clean, corrupt = baselines(lm, clean_ids, corrupt_ids, metric)
-    start = corrupt if direction == "denoise" else clean
-    patched = start + torch.tensor(estimates, dtype=torch.float64)
+        at = (
+            scores[component.hook]
+            if component.position is None
+            else scores[component.hook][component.position]
+        )
+        estimates.append(float(at.sum() if component.units is None else at[..., list(component.units)].sum()))
+    base_value = float(base_values.double().mean())
+    clean, corrupt = (source_value, base_value) if direction == "denoise" else (base_value, source_value)
+    patched = base_value + torch.tensor(estimates, dtype=torch.float64)
     return PatchingResult(list(components), patched, clean, corrupt, direction, "attribution")
