@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import Any
 
 import torch
 
@@ -22,7 +21,7 @@ from featurelens.intervene.components import Component, Metric
 from featurelens.intervene.edits import InterventionError
 from featurelens.intervene.patching import Direction, PatchingResult, check_pair, metric_rows
 from featurelens.models import LanguageModel
-from featurelens.models.tracing import replacing
+from featurelens.models.tracing import recording, replacing
 
 
 @contextmanager
@@ -37,29 +36,6 @@ def _frozen(lm: LanguageModel) -> Iterator[None]:
             parameter.requires_grad_(flag)
 
 
-@contextmanager
-def _recording(
-    lm: LanguageModel, hooks: Sequence[str], *, retain_grad: bool = False
-) -> Iterator[dict[str, torch.Tensor]]:
-    """While open, each forward pass records the tensor [n, seq, width] of every one of ``hooks`` into
-    the yielded dict (with ``retain_grad``, keeping its gradient after ``backward``)."""
-    kept: dict[str, torch.Tensor] = {}
-
-    def keep(name: str) -> Any:
-        def edit(x: torch.Tensor) -> torch.Tensor:
-            if retain_grad:
-                x.retain_grad()
-            kept[name] = x
-            return x
-
-        return edit
-
-    with ExitStack() as stack:
-        for hook in hooks:
-            stack.enter_context(replacing(lm.hook_point(hook), keep(hook)))
-        yield kept
-
-
 def gradients(
     lm: LanguageModel, input_ids: torch.Tensor, hooks: Sequence[str], metric: Metric
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
@@ -71,7 +47,7 @@ def gradients(
 
     with ExitStack() as stack, _frozen(lm), torch.enable_grad():
         stack.enter_context(replacing(lm.hook_point("embed"), enter_graph))
-        kept = stack.enter_context(_recording(lm, hooks, retain_grad=True))
+        kept = stack.enter_context(recording([lm.hook_point(h) for h in hooks], retain_grad=True))
         keep_last = {"logits_to_keep": 1} if metric.position == -1 else {}
         logits = lm.model(input_ids=input_ids.to(lm.device), **keep_last).logits
         values = metric(logits, torch.arange(input_ids.shape[0], device=logits.device))
@@ -119,7 +95,7 @@ def attribution_patching(
     base, source = (corrupt_ids, clean_ids) if direction == "denoise" else (clean_ids, corrupt_ids)
     hooks = sorted({c.hook for c in components}, key=list(lm.hook_points).index)
     activations, grads, base_values = gradients(lm, base, hooks, metric)
-    with _recording(lm, hooks) as source_activations:
+    with recording([lm.hook_point(h) for h in hooks]) as source_activations:
         source_value = float(metric_rows(lm, source, metric, torch.arange(source.shape[0])).mean())
     # the gradients are of the mean over prompts, so summing over prompts gives the mean effect
     scores = {

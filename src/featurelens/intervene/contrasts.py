@@ -7,11 +7,10 @@ A file holds lines ``{"positive": ..., "negative": ...}``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 from featurelens.intervene.edits import InterventionError
+from featurelens.intervene.records import read_records
 
 _SUBJECTS = ("movie", "book", "restaurant", "hotel", "phone", "game", "song", "car")
 SENTIMENT = [
@@ -27,24 +26,10 @@ BUILT_IN = {"sentiment": (SENTIMENT, SENTIMENT_PROMPTS, SENTIMENT_TARGETS, SENTI
 
 def read_contrast_file(path: str | Path) -> list[tuple[str, str]]:
     """(positive, negative) pairs from a JSON-lines file."""
-    path = Path(path)
-    if not path.is_file():
+    if not Path(path).is_file():
         raise InterventionError(
             f"{path} is neither a built-in contrast ({', '.join(BUILT_IN)}) nor a JSON-lines file"
         )
-    pairs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record: Any = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise InterventionError(f"{path}:{number} is not JSON ({error.msg})") from None
-        if not isinstance(record, dict) or not all(
-            isinstance(record.get(k), str) for k in ("positive", "negative")
-        ):
-            raise InterventionError(f"{path}:{number} needs string fields positive, negative")
-        pairs.append((record["positive"], record["negative"]))
-    if not pairs:
-        raise InterventionError(f"{path} holds no pairs; expected JSON lines with positive, negative")
-    return pairs
+    return [
+        (r["positive"], r["negative"]) for r in read_records(path, ("positive", "negative"), "contrast file")
+    ]

@@ -106,7 +106,7 @@ def metric_rows(
     with ``past`` the ids continue the prompts whose keys and values it holds."""
     keep: dict[str, object] = {"logits_to_keep": 1} if metric.position == -1 else {}
     if past is not None:
-        keep |= {_cache_keyword(lm): past, "use_cache": True}
+        keep |= {cache_keyword(lm): past, "use_cache": True}
     with torch.inference_mode(), ExitStack() as stack:
         if edits:
             stack.enter_context(intervening(lm, edits))
@@ -114,22 +114,42 @@ def metric_rows(
     return metric(logits, prompts.to(logits.device)).double().cpu()
 
 
-def _cache_keyword(lm: LanguageModel) -> str:
+def cache_keyword(lm: LanguageModel) -> str:
     """The forward argument that takes a KV cache: ``cache`` (transformers >= 5.24) or ``past_key_values``."""
     return "cache" if "cache" in inspect.signature(lm.model.forward).parameters else "past_key_values"
 
 
-def _prefix_cache(lm: LanguageModel, input_ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+KeysValues = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def prefix_cache(
+    lm: LanguageModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> KeysValues:
     """Keys and values [n, kv_heads, seq, head_dim] of every layer for ``input_ids`` [n, seq], or none
     where the model's cache is not one plain key/value pair per layer (sliding windows, recurrent
     layers): such models recompute every position."""
+    inputs: dict[str, torch.Tensor] = {"input_ids": input_ids.to(lm.device)}
+    if attention_mask is not None:
+        mask = attention_mask.to(lm.device).long()
+        inputs |= {"attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp(min=0)}
     with torch.inference_mode():
-        output = lm.model(input_ids=input_ids.to(lm.device), use_cache=True, logits_to_keep=1)
+        output = lm.model(**inputs, use_cache=True, logits_to_keep=1)
     cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
     layers = getattr(cache, "layers", None)
     if type(cache) is not DynamicCache or not layers or any(type(x) is not DynamicLayer for x in layers):
         return []
     return [(layer.keys, layer.values) for layer in layers]
+
+
+def repeated_cache(prefix: KeysValues, length: int, times: int) -> DynamicCache:
+    """A cache of the first ``length`` positions of ``prefix``, its rows repeated ``times`` (row
+    ``t * n + i`` holds prompt i)."""
+    return DynamicCache(
+        [
+            (k[:, :, :length].repeat(times, 1, 1, 1), v[:, :, :length].repeat(times, 1, 1, 1))
+            for k, v in prefix
+        ]
+    )
 
 
 def _first_position(group: Sequence[Component], seq: int) -> int:
@@ -163,7 +183,7 @@ def masked_variants(
     starts = [f"layers.{layer}.resid_pre" for layer in skippable] if skip_unedited_layers else []
     cached = lm.capture(base_ids, starts) if starts else {}
     prefix = (
-        _prefix_cache(lm, base_ids)
+        prefix_cache(lm, base_ids)
         if skip_unedited_layers and metric.position == -1 and max(first_position, default=0) > 0
         else []
     )
@@ -183,17 +203,7 @@ def masked_variants(
         skip = min(first_layer[g] for g in chunk)
         start_at = min(first_position[g] for g in chunk) if prefix else 0
         entry = f"layers.{skip}.resid_pre"
-        past = None
-        if start_at > 0:
-            past = DynamicCache(
-                [
-                    (
-                        k[:, :, :start_at].repeat(len(chunk), 1, 1, 1),
-                        v[:, :, :start_at].repeat(len(chunk), 1, 1, 1),
-                    )
-                    for k, v in prefix
-                ]
-            )
+        past = repeated_cache(prefix, start_at, len(chunk)) if start_at > 0 else None
         with ExitStack() as stack:
             if entry in cached:
                 stack.enter_context(skipping_layers(lm.model, skip))

@@ -8,7 +8,6 @@ JSON lines ``{"clean": ..., "corrupt": ..., "correct": " Mary", "wrong": " John"
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 
 from featurelens.intervene.components import LogitDifference
 from featurelens.intervene.edits import InterventionError
+from featurelens.intervene.records import read_records
 
 IOI_PAIRS = (
     ("Mary", "John"),
@@ -84,25 +84,7 @@ def ioi_texts() -> list[dict[str, str]]:
 
 def read_prompt_file(path: str | Path) -> list[dict[str, str]]:
     """Records of a JSON-lines prompt file, each with ``clean``, ``corrupt``, ``correct`` and ``wrong``."""
-    path = Path(path)
-    if not path.is_file():
-        raise InterventionError(f"prompt file {path} does not exist; accepted: JSON lines with {FIELDS}")
-    records: list[dict[str, str]] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record: Any = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise InterventionError(f"{path}:{number} is not JSON ({error.msg}); expected {FIELDS}") from None
-        if not isinstance(record, dict) or any(
-            not isinstance(record.get(k), str) for k in FIELDS.split(", ")
-        ):
-            raise InterventionError(f"{path}:{number} needs string fields {FIELDS}")
-        records.append(record)
-    if not records:
-        raise InterventionError(f"prompt file {path} holds no prompts; expected JSON lines with {FIELDS}")
-    return records
+    return read_records(path, FIELDS.split(", "), "prompt file")
 
 
 def _single_token(tokenizer: Any, text: str, where: str) -> int:

@@ -1,9 +1,10 @@
-"""Read hook points during a forward pass (stopping once the last has fired), or replace one of them."""
+"""Read hook points during a forward pass (stopping once the last has fired, or recording along a full
+one), or replace one of them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -92,6 +93,28 @@ def replacing(point: HookPoint, edit: Callable[[torch.Tensor], torch.Tensor]) ->
         yield fired
     finally:
         handle.remove()
+
+
+@contextmanager
+def recording(points: Sequence[HookPoint], *, retain_grad: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """While open, each forward pass (with logits, padding, a KV cache) stores the tensor [batch, seq,
+    width] of every one of ``points`` in the yielded dict, by name; with ``retain_grad`` each keeps its
+    gradient after ``backward``."""
+    kept: dict[str, torch.Tensor] = {}
+
+    def keep(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        def edit(x: torch.Tensor) -> torch.Tensor:
+            if retain_grad:
+                x.retain_grad()
+            kept[name] = x
+            return x
+
+        return edit
+
+    with ExitStack() as stack:
+        for point in points:
+            stack.enter_context(replacing(point, keep(point.name)))
+        yield kept
 
 
 def run_with_replacement(
