@@ -15,6 +15,7 @@ from featurelens.cli import (
     evaluate,
     explain,
     export,
+    function_vector,
     hooks,
     info,
     run,
@@ -34,6 +35,7 @@ VERBS = {
     "explain": explain,
     "circuit": circuit,
     "steer": steer,
+    "function-vector": function_vector,
     "show": show,
     "serve": serve,
     "export": export,
@@ -52,6 +54,7 @@ The loop, one verb per stage:
   atlas     map every feature: densities, top contexts, logit effects, neighbours (SQLite)
   explain   explain features (baseline or an LLM) and score them on held-out examples
   steer     make a steering vector from contrastive prompts and steer generation with it
+  function-vector  find the heads behind an in-context task; add its vector to zero-shot prompts
   circuit   find the heads and neurons behind a task: patching, attribution, faithfulness, edges
   show      a feature card, an atlas overview or a search, in the terminal
   serve     browse an atlas in a local web app: search, feature pages, try text, steer
