@@ -19,6 +19,7 @@ from featurelens.intervene.edits import (
     Zero,
     channels,
 )
+from featurelens.intervene.function_vectors import FunctionVectorReport, function_vector_experiment
 from featurelens.intervene.heads import (
     attention_patterns,
     head_channels,
@@ -34,6 +35,7 @@ __all__ = [
     "CallPositions",
     "Edit",
     "FeatureEdit",
+    "FunctionVectorReport",
     "Intervention",
     "InterventionError",
     "Mean",
@@ -46,6 +48,7 @@ __all__ = [
     "add_features",
     "attention_patterns",
     "channels",
+    "function_vector_experiment",
     "generate_with_edits",
     "head_channels",
     "head_contributions",
