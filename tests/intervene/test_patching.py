@@ -155,7 +155,7 @@ def test_skipping_the_unedited_layers_changes_nothing(family: str) -> None:
     components += head_components(lm, layers=[0, 2], positions=[1, 4, 5])  # runs from a KV-cached prefix
     cache = lm.capture(clean, sorted({c.hook for c in components}, key=list(lm.hook_points).index))
 
-    def patch(hook: str, mask: torch.Tensor) -> Patch:
+    def patch(hook: str, mask: torch.Tensor, _chunk: object) -> Patch:
         return Patch(cache[hook].repeat(mask.shape[0] // 3, 1, 1), mask=mask)
 
     groups = [[c] for c in components]
@@ -179,10 +179,33 @@ def test_patches_that_change_nothing_keep_the_base_metric(task: tuple) -> None:
     assert sum(counted) == len(components)
     cache = lm.capture(clean, ["layers.0.attn_heads", "layers.1.attn_heads"])
 
-    def patch(hook: str, mask: torch.Tensor) -> Patch:
+    def patch(hook: str, mask: torch.Tensor, _chunk: object) -> Patch:
         return Patch(cache[hook].repeat(mask.shape[0] // len(clean), 1, 1), mask=mask)
 
     ran = masked_variants(lm, corrupt, [[c] for c in components], patch, metric, skip_unedited_layers=False)
     torch.testing.assert_close(result.patched, ran, atol=1e-4, rtol=1e-5)
     at_start = [i for i, c in enumerate(components) if c.position is not None and c.position < shared]
     assert at_start and all(float(result.patched[i]) == result.corrupt for i in at_start)
+
+
+def test_exact_feature_patching_finds_the_planted_channel(task: tuple) -> None:
+    lm, clean, corrupt, metric = task
+    hook = "layers.0.resid_mid"
+    identity = IdentityDictionary(32, hook)  # its features are the channels, its error term is zero
+    features = feature_components(identity)
+    exact = activation_patching(lm, clean, corrupt, features, metric, dictionaries=[identity])
+    (top, effect), (_, second) = exact.ranked(2)
+    assert top.label == f"L0F{COPIED}" and effect > 0.95 and abs(second) < 0.05
+    assert float(exact.patched[-1]) == exact.corrupt  # the error term never changes: not even run
+    units = [Component("resid", 0, j, hook, (j,), None) for j in range(32)]
+    channels = activation_patching(lm, clean, corrupt, units, metric)
+    torch.testing.assert_close(exact.patched[:-1], channels.patched, atol=1e-5, rtol=1e-5)
+    torch.manual_seed(0)
+    sae = TopKDictionary(32, 64, k=4, hook_in=hook)
+    some = feature_components(sae, range(0, 64, 8))
+    estimate = attribution_patching(lm, clean, corrupt, some, metric, dictionaries=[sae])
+    measured = activation_patching(lm, clean, corrupt, some, metric, dictionaries=[sae])
+    assert float(measured.patched[-1]) != measured.corrupt  # a random SAE leaves a real error term
+    assert torch.corrcoef(torch.stack([estimate.patched, measured.patched]))[0, 1] > 0.5
+    with pytest.raises(InterventionError, match="need their dictionary"):
+        activation_patching(lm, clean, corrupt, some, metric)

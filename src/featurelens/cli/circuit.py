@@ -9,7 +9,8 @@ lines {"clean": ..., "corrupt": ..., "correct": " Mary", "wrong": " John"}.
 
 Stages: attribution patching (gradient x activation difference) over every head and neuron on all
 prompts; exact activation patching (clean activations into the corrupted run, batched) of every head and
-of the --exact-neurons neurons attribution ranks highest, on --exact-prompts prompts; the circuit = the
+of the --exact-neurons neurons (and, with --dictionary, the --exact-features features and the error
+term) attribution ranks highest, on --exact-prompts prompts; the circuit = the
 --top-heads heads and --top-neurons neurons by exact effect; its faithfulness (the metric with every
 other component of the --ablate kinds mean-ablated, default heads, so the MLPs stay whole; normalised so
 1 = the whole model's behaviour, 0 = that of the model with every such component ablated) and its
@@ -75,6 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--top-features", type=int, default=defaults.top_features, help="features in the graph"
     )
+    parser.add_argument(
+        "--exact-features",
+        type=int,
+        default=defaults.exact_features,
+        help="top features by attribution (and the error term) to patch exactly",
+    )
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="rows per forward pass")
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
 
@@ -92,6 +99,7 @@ def job_from_args(args: argparse.Namespace) -> CircuitJob:
         ablate=tuple(part.strip() for part in args.ablate.split(",") if part.strip()),
         dictionary=args.dictionary,
         top_features=args.top_features,
+        exact_features=args.exact_features,
         batch_size=args.batch_size,
         device=args.device,
     )
@@ -127,10 +135,9 @@ def print_report(report: CircuitReport, console: Console, graph: Path) -> None:
     if report.faithfulness_by_heads:
         curve = ", ".join(f"{k}: {f:.2f}" for k, f in report.faithfulness_by_heads)
         console.print(f"faithfulness of the top-k heads alone (k: score): {curve}")
-    if report.head_rank_correlation is not None:
-        console.print(
-            f"attribution vs exact patching over heads: Spearman {report.head_rank_correlation:.3f}"
-        )
+    if report.rank_correlations:
+        listed = ", ".join(f"{kind}s {rho:.3f}" for kind, rho in report.rank_correlations.items())
+        console.print(f"attribution vs exact patching, Spearman over the exactly patched {listed}")
     strongest = sorted(report.edges, key=lambda edge: -abs(edge[2]))[:5]
     if strongest:
         console.print(

@@ -58,12 +58,13 @@ class Faithfulness:
 
 def mean_ablation(
     lm: LanguageModel, input_ids: torch.Tensor, hooks: Sequence[str]
-) -> Callable[[str, torch.Tensor], Edit]:
-    """``edit_for(hook, mask)``: masked entries become the hook's per-position mean over ``input_ids``."""
+) -> Callable[[str, torch.Tensor, Sequence[int]], Edit]:
+    """``edit_for(hook, mask, chunk)``: masked entries become the hook's per-position mean over
+    ``input_ids``."""
     ordered = sorted(set(hooks), key=list(lm.hook_points).index)
     captured = lm.capture(input_ids, ordered, stop_early=True)
     means = {hook: Mean.of(captured[hook], per_position=True).mean for hook in ordered}
-    return lambda hook, mask: Mean(means[hook], mask=mask)
+    return lambda hook, mask, _chunk: Mean(means[hook], mask=mask)
 
 
 def _ablated_metrics(

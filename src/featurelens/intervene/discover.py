@@ -49,6 +49,7 @@ class CircuitJob:
     ablate: tuple[str, ...] = ("heads",)
     dictionary: str | None = None  # an SAE folder: its features (and error term) are scored by attribution
     top_features: int = 8
+    exact_features: int = 32  # top features by attribution (and the error term) patched exactly
     batch_size: int = 64
     device: str | None = None
 
@@ -61,7 +62,7 @@ class CircuitJob:
         for name in ("exact_prompts", "batch_size"):
             if getattr(self, name) < 1:
                 raise InterventionError(f"{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("exact_neurons", "top_heads", "top_neurons", "top_features"):
+        for name in ("exact_neurons", "top_heads", "top_neurons", "top_features", "exact_features"):
             if getattr(self, name) < 0:
                 raise InterventionError(f"{name} must be 0 or more, not {getattr(self, name)}")
 
@@ -79,6 +80,7 @@ class CircuitReport:
     faithfulness_by_heads: list[tuple[int, float]]
     edges: list[tuple[Component, Component, float]]
     head_rank_correlation: float | None
+    rank_correlations: dict[str, float] = field(default_factory=dict)  # per kind: attribution vs exact
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -125,7 +127,9 @@ def find_circuit(
         lm, pairs.clean, pairs.corrupt, every + features, pairs.metric, dictionaries=dictionaries
     )
     checked = heads + _top(attribution, "neuron", job.exact_neurons)
-    exact, correlation = None, None
+    if dictionaries and job.exact_features:
+        checked += _top(attribution, "feature", job.exact_features) + _top(attribution, "error", 1)
+    exact, correlation, correlations = None, None, {}
     if checked:
         stage("exact patching")
         done = 0
@@ -144,10 +148,16 @@ def find_circuit(
             subset.metric,
             batch_size=job.batch_size,
             on_variants=advance,
+            dictionaries=dictionaries,
         )
-        if len(heads) > 1:
-            on_subset = attribution_patching(lm, subset.clean, subset.corrupt, heads, subset.metric)
-            correlation = rank_correlation(on_subset.effect, exact.effect[: len(heads)])
+        on_subset = attribution_patching(
+            lm, subset.clean, subset.corrupt, checked, subset.metric, dictionaries=dictionaries
+        )
+        for kind in ("head", "neuron", "feature"):
+            rows = torch.tensor([c.kind == kind for c in checked])
+            if int(rows.sum()) > 1:
+                correlations[kind] = rank_correlation(on_subset.effect[rows], exact.effect[rows])
+        correlation = correlations.get("head")
     ranked = exact or attribution
     circuit = _top(ranked, "head", job.top_heads) + _top(ranked, "neuron", job.top_neurons)
     if not circuit:
@@ -168,9 +178,22 @@ def find_circuit(
         name: (starts[i + 1][1] if i + 1 < len(starts) else time.perf_counter()) - began
         for i, (name, began) in enumerate(starts)
     }
-    top_features = _top(attribution, "feature", job.top_features)
+    features_by = (
+        exact if exact is not None and any(c.kind == "feature" for c in exact.components) else attribution
+    )
+    top_features = _top(features_by, "feature", job.top_features)
     return CircuitReport(
-        pairs, attribution, exact, circuit, top_features, score, by_heads, edges, correlation, durations
+        pairs,
+        attribution,
+        exact,
+        circuit,
+        top_features,
+        score,
+        by_heads,
+        edges,
+        correlation,
+        correlations,
+        durations,
     )
 
 
@@ -237,6 +260,7 @@ def circuit_graph(report: CircuitReport, job: CircuitJob, model: str) -> dict[st
         "faithfulness": report.faithfulness,
         "faithfulness_by_heads": [{"heads": k, "faithfulness": f} for k, f in report.faithfulness_by_heads],
         "head_rank_correlation": report.head_rank_correlation,
+        "rank_correlations": report.rank_correlations,
         "nodes": nodes,
         "edges": edges,
         "options": asdict(job),

@@ -29,6 +29,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from featurelens.dictionaries.base import Dictionary
 from featurelens.intervene.components import Component, Metric, hook_widths
 from featurelens.intervene.context import intervening
 from featurelens.intervene.edits import Edit, InterventionError, Patch
@@ -161,7 +162,7 @@ def masked_variants(
     lm: LanguageModel,
     base_ids: torch.Tensor,
     groups: Sequence[Sequence[Component]],
-    edit_for: Callable[[str, torch.Tensor], Edit],
+    edit_for: Callable[[str, torch.Tensor, Sequence[int]], Edit],
     metric: Metric,
     batch_size: int = 64,
     on_variants: Callable[[int], None] | None = None,
@@ -169,10 +170,12 @@ def masked_variants(
 ) -> torch.Tensor:
     """Mean metric [n_groups] over the prompts ``base_ids`` [n, seq] with each group's components edited.
 
-    ``edit_for(hook, mask)`` builds the edit of one hook for a batch, ``mask`` [rows, seq, width] saying
-    which entries each row edits. Groups are batched ``batch_size // n`` at a time, ordered by their
-    first edited layer; with ``skip_unedited_layers`` the layers before a batch's first edit are not run
-    again: their output is the base run's, taken from one cached forward pass.
+    ``edit_for(hook, mask, chunk)`` builds the edit of one hook for a batch of the groups ``chunk`` (row
+    block g is group ``chunk[g]``), ``mask`` [rows, seq, width] saying which entries each row edits.
+    Groups are batched ``batch_size // n`` at a time, ordered by their first edited layer; with
+    ``skip_unedited_layers`` the layers before a batch's first edit are not run again (their output is
+    the base run's, from one cached forward pass), nor the positions before its first edited position
+    (their keys and values come from the base run's KV cache).
     """
     n, seq = base_ids.shape
     widths = hook_widths(lm, {c.hook for group in groups for c in group})
@@ -198,7 +201,7 @@ def masked_variants(
             for component in groups[group]:
                 masks[component.hook][g * n : (g + 1) * n] |= component.mask(widths[component.hook], seq)
         edits: dict[str, list[Edit]] = {
-            hook: [edit_for(hook, mask)] for hook, mask in masks.items() if bool(mask.any())
+            hook: [edit_for(hook, mask, chunk)] for hook, mask in masks.items() if bool(mask.any())
         }
         skip = min(first_layer[g] for g in chunk)
         start_at = min(first_position[g] for g in chunk) if prefix else 0
@@ -227,6 +230,28 @@ def baselines(
     return float(clean), float(corrupt)
 
 
+def _feature_changes(
+    dictionary: Dictionary, components: Sequence[Component], source: torch.Tensor, base: torch.Tensor
+) -> dict[Component, torch.Tensor]:
+    """What patching each feature (or the error term) of ``dictionary`` from ``source`` into ``base``
+    [n, seq, d] adds to the base activations: ``decode(c with c_j from source) - decode(c)``, and for
+    the error ``Δ(x - decode(c))``; each [n, seq, d]."""
+    flat_source, flat_base = (t.reshape(-1, t.shape[-1]).float() for t in (source, base))
+    with torch.no_grad():
+        codes_source, codes_base = dictionary.encode(flat_source), dictionary.encode(flat_base)
+        decoded_base = dictionary.decode(codes_base)
+        changes = {}
+        for component in components:
+            if component.kind == "error":
+                change = flat_source - dictionary.decode(codes_source) - (flat_base - decoded_base)
+            else:
+                edited = codes_base.clone()
+                edited[:, component.index] = codes_source[:, component.index]
+                change = dictionary.decode(edited) - decoded_base
+            changes[component] = change.reshape(base.shape).to(base.dtype)
+    return changes
+
+
 def activation_patching(
     lm: LanguageModel,
     clean_ids: torch.Tensor,
@@ -237,28 +262,47 @@ def activation_patching(
     direction: Direction = "denoise",
     batch_size: int = 64,
     on_variants: Callable[[int], None] | None = None,
+    dictionaries: Sequence[Dictionary] = (),
 ) -> PatchingResult:
     """Patch each of ``components`` alone between ``clean_ids`` and ``corrupt_ids`` [n, seq] (aligned
-    prompts) and measure ``metric``; ``batch_size`` rows per forward pass."""
-    check_pair(clean_ids, corrupt_ids)
+    prompts) and measure ``metric``; ``batch_size`` rows per forward pass. Feature and error components
+    need their SAE in ``dictionaries``: patching feature j moves only its code to the source run's
+    (``decode`` of the edited codes), the error term moves only what the SAE leaves out."""
+    n = check_pair(clean_ids, corrupt_ids)
     if direction not in ("denoise", "noise"):
         raise InterventionError(f"unknown direction {direction!r}; accepted: denoise, noise")
     if not components:
         raise InterventionError("no components to patch")
+    by_hook = {d.hook_in: d for d in dictionaries}
+    missing = sorted({c.hook for c in components if c.kind in ("feature", "error")} - set(by_hook))
+    if missing:
+        raise InterventionError(f"feature components at {', '.join(missing)} need their dictionary")
     base, source = (corrupt_ids, clean_ids) if direction == "denoise" else (clean_ids, corrupt_ids)
     hooks = sorted({c.hook for c in components}, key=list(lm.hook_points).index)
     cache = lm.capture(source, hooks, stop_early=True)
     base_cache = lm.capture(base, hooks, stop_early=True)
+    added: dict[Component, torch.Tensor] = {}
+    for hook, dictionary in by_hook.items():
+        features = [c for c in components if c.kind in ("feature", "error") and c.hook == hook]
+        if features:
+            added |= _feature_changes(dictionary, features, cache[hook], base_cache[hook])
     seq = base.shape[1]
-    changes = [
-        not torch.equal(cache[c.hook][:, mask], base_cache[c.hook][:, mask])
-        for c in components
-        for mask in [c.mask(cache[c.hook].shape[-1], seq)]
-    ]
-    run = [c for c, changed in zip(components, changes, strict=True) if changed]
 
-    def patch(hook: str, mask: torch.Tensor) -> Edit:
-        return Patch(cache[hook].repeat(mask.shape[0] // clean_ids.shape[0], 1, 1), mask=mask)
+    def changes(c: Component) -> bool:
+        if c in added:
+            return bool(added[c].abs().max() > 0)
+        mask = c.mask(cache[c.hook].shape[-1], seq)
+        return not torch.equal(cache[c.hook][:, mask], base_cache[c.hook][:, mask])
+
+    changed = [changes(c) for c in components]
+    run = [c for c, change in zip(components, changed, strict=True) if change]
+
+    def patch(hook: str, mask: torch.Tensor, chunk: Sequence[int]) -> Edit:
+        source = cache[hook].repeat(mask.shape[0] // n, 1, 1)
+        for g, group in enumerate(chunk):
+            if run[group] in added and run[group].hook == hook:  # the base run plus one feature's change
+                source[g * n : (g + 1) * n] = base_cache[hook] + added[run[group]]
+        return Patch(source, mask=mask)
 
     clean, corrupt = baselines(lm, clean_ids, corrupt_ids, metric)
     patched = torch.full(
@@ -268,5 +312,5 @@ def activation_patching(
         on_variants(len(components) - len(run))  # patches that change nothing: the base run's metric
     if run:
         values = masked_variants(lm, base, [[c] for c in run], patch, metric, batch_size, on_variants)
-        patched[torch.tensor(changes)] = values
+        patched[torch.tensor(changed)] = values
     return PatchingResult(list(components), patched, clean, corrupt, direction, "exact")
