@@ -38,6 +38,7 @@ def test_circuit_finds_the_planted_head_and_neuron(planted_dir: Path, tmp_path: 
     assert graph["clean_metric"] > 10 > -10 > graph["corrupt_metric"]
     edge = next(e for e in graph["edges"] if e["source"] == f"L0H{HEAD}" and e["target"] == f"L0N{NEURON}")
     assert edge["weight"] == pytest.approx(1.0, abs=0.1)  # the neuron's change comes from the head
+    assert 0.5 < edge["attribution"] < 1.5  # and most of the metric's gap flows along that edge
     table = pq.read_table(out / "components.parquet").to_pylist()
     assert len(table) == 2 * 4 + 2 * 16  # every head and every neuron
     assert sum(row["in_circuit"] for row in table) == 2

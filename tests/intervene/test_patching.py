@@ -10,8 +10,8 @@ import featurelens as fl
 from featurelens.dictionaries import TopKDictionary
 from featurelens.dictionaries.identity import IdentityDictionary
 from featurelens.intervene import InterventionError
-from featurelens.intervene.attribution import attribution_patching
-from featurelens.intervene.circuits import faithfulness, faithfulness_by_size
+from featurelens.intervene.attribution import attribution_patching, edge_attribution
+from featurelens.intervene.circuits import faithfulness, faithfulness_by_size, is_upstream
 from featurelens.intervene.components import (
     Component,
     LogitDifference,
@@ -209,3 +209,17 @@ def test_exact_feature_patching_finds_the_planted_channel(task: tuple) -> None:
     assert torch.corrcoef(torch.stack([estimate.patched, measured.patched]))[0, 1] > 0.5
     with pytest.raises(InterventionError, match="need their dictionary"):
         activation_patching(lm, clean, corrupt, some, metric)
+
+
+def test_edge_attribution_finds_the_planted_edge(task: tuple) -> None:
+    lm, clean, corrupt, metric = task
+    nodes = head_components(lm) + neuron_components(lm)
+    for direction in ("denoise", "noise"):
+        edges = edge_attribution(lm, clean, corrupt, nodes, metric, direction=direction)
+        assert all(is_upstream(lm, u, v) for u, v, _ in edges)
+        ranked = sorted(edges, key=lambda edge: -abs(edge[2]))
+        (u, v, share), (_, _, second) = ranked[:2]
+        assert (u.label, v.label) == (f"L0H{HEAD}", f"L0N{NEURON}"), direction
+        assert 0.5 < share < 1.5 and abs(second) < 0.1, (direction, share, second)
+    with pytest.raises(InterventionError, match="between heads and neurons"):
+        edge_attribution(lm, clean, corrupt, residual_components(lm, [1]), metric)

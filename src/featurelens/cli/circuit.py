@@ -15,9 +15,10 @@ term) attribution ranks highest, on --exact-prompts prompts; the circuit = the
 other component of the --ablate kinds mean-ablated, default heads, so the MLPs stay whole; normalised so
 1 = the whole model's behaviour, 0 = that of the model with every such component ablated) and its
 complement's, and the faithfulness of the top 1, 2, 4, ... heads alone; the edges between its nodes
-(how much of each downstream node's change patching an upstream node alone restores). Effects are
-normalised: 1 = the component restores the whole clean-corrupt gap. Writes OUT/components.parquet
-(every component, ranked) and OUT/circuit.json (the graph; look at it with
+(how much of each downstream node's change patching an upstream node alone restores, exactly; and by
+edge attribution, the share of the metric's gap that flows along the direct path from one to the
+other). Effects are normalised: 1 = the component restores the whole clean-corrupt gap. Writes
+OUT/components.parquet (every component, ranked) and OUT/circuit.json (the graph; look at it with
 `featurelens serve ATLAS --circuit OUT`).
 
 examples:
@@ -142,6 +143,12 @@ def print_report(report: CircuitReport, console: Console, graph: Path) -> None:
     if strongest:
         console.print(
             "strongest edges: " + ", ".join(f"{u.label}→{v.label} {w:.2f}" for u, v, w in strongest)
+        )
+    attributed = sorted(report.edge_attributions, key=lambda edge: -abs(edge[2]))[:5]
+    if attributed:
+        console.print(
+            "strongest edges by edge attribution (share of the gap along the direct path): "
+            + ", ".join(f"{u.label}→{v.label} {w:.2f}" for u, v, w in attributed)
         )
     timing = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report.seconds.items())
     console.print(f"time: {timing}")

@@ -3,7 +3,8 @@ head and of the neurons attribution ranks highest, the circuit (top heads and ne
 its faithfulness, the edges between its nodes, and files a person or a web page can read.
 
 Outputs in ``out``: ``components.parquet`` (every component: attribution effect, exact effect where
-measured, rank), ``circuit.json`` (nodes, edges, faithfulness, baselines, the options), both written
+measured, rank), ``circuit.json`` (nodes, edges with their exact weight and
+edge attribution, faithfulness, baselines, the options), both written
 under temporary names and renamed.
 """
 
@@ -22,7 +23,7 @@ import pyarrow.parquet as pq
 import torch
 
 from featurelens.dictionaries.base import Dictionary
-from featurelens.intervene.attribution import attribution_patching
+from featurelens.intervene.attribution import attribution_patching, edge_attribution
 from featurelens.intervene.circuits import edge_effects, faithfulness, faithfulness_by_size
 from featurelens.intervene.components import Component, feature_components, head_components, neuron_components
 from featurelens.intervene.edits import InterventionError
@@ -81,6 +82,7 @@ class CircuitReport:
     edges: list[tuple[Component, Component, float]]
     head_rank_correlation: float | None
     rank_correlations: dict[str, float] = field(default_factory=dict)  # per kind: attribution vs exact
+    edge_attributions: list[tuple[Component, Component, float]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -173,6 +175,7 @@ def find_circuit(
     )
     stage("edges")
     edges = edge_effects(lm, subset.clean, subset.corrupt, circuit, batch_size=job.batch_size)
+    estimated = edge_attribution(lm, subset.clean, subset.corrupt, circuit, subset.metric)
     starts = list(seconds.items())
     durations = {
         name: (starts[i + 1][1] if i + 1 < len(starts) else time.perf_counter()) - began
@@ -193,6 +196,7 @@ def find_circuit(
         edges,
         correlation,
         correlations,
+        estimated,
         durations,
     )
 
@@ -242,7 +246,11 @@ def circuit_graph(report: CircuitReport, job: CircuitJob, model: str) -> dict[st
         }
         for c in [*report.circuit, *report.features]
     ]
-    edges = [{"source": u.label, "target": v.label, "weight": w} for u, v, w in report.edges]
+    estimated = {(u, v): w for u, v, w in report.edge_attributions}
+    edges = [
+        {"source": u.label, "target": v.label, "weight": w, "attribution": estimated.get((u, v))}
+        for u, v, w in report.edges
+    ]
     edges += [
         {"source": c.label, "target": "logits", "weight": exact.get(c, attribution[c])}
         for c in [*report.circuit, *report.features]

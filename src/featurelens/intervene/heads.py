@@ -20,15 +20,17 @@ from featurelens.models import LanguageModel
 from featurelens.models.hook_points import text_config
 
 
-def _projection(lm: LanguageModel, layer: int) -> nn.Module:
-    return lm.hook_point(f"layers.{layer}.attn_heads").module
+def reading_weight(lm: LanguageModel, hook: str) -> torch.Tensor:
+    """The weight [out, in] of the projection whose input is ``hook`` (``attn_heads``: ``W_O``;
+    ``mlp_neurons``: the MLP's down projection)."""
+    module = lm.hook_point(hook).module
+    weight: torch.Tensor = module.weight.detach()  # type: ignore[operator]
+    return weight if isinstance(module, nn.Linear) else weight.T  # GPT-2's Conv1D stores [in, out]
 
 
 def output_weight(lm: LanguageModel, layer: int) -> torch.Tensor:
     """``W_O`` [d_model, n_heads * head_dim] of ``layer``'s attention output projection."""
-    module = _projection(lm, layer)
-    weight: torch.Tensor = module.weight.detach()  # type: ignore[operator]
-    return weight if isinstance(module, nn.Linear) else weight.T  # GPT-2's Conv1D stores [in, out]
+    return reading_weight(lm, f"layers.{layer}.attn_heads")
 
 
 def head_layout(lm: LanguageModel, layer: int) -> tuple[int, int]:

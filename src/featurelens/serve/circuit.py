@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class CircuitNode(BaseModel):
@@ -23,7 +23,8 @@ class CircuitNode(BaseModel):
 class CircuitEdge(BaseModel):
     source: str
     target: str  # a node id, or "logits"
-    weight: float
+    weight: float  # exact: the share of the target's change (or, into logits, the node's effect)
+    attribution: float | None = None  # edge attribution: the share of the metric's gap along the edge
 
 
 class CircuitView(BaseModel):
@@ -36,6 +37,7 @@ class CircuitView(BaseModel):
     faithfulness: dict[str, float]
     faithfulness_by_heads: list[dict[str, float]]
     head_rank_correlation: float | None
+    rank_correlations: dict[str, float] = Field(default_factory=dict)  # per kind: attribution vs exact
     nodes: list[CircuitNode]
     edges: list[CircuitEdge]
     example: dict[str, str]
@@ -54,5 +56,6 @@ def atlas_page(node: dict[str, Any], atlas_meta: dict[str, Any]) -> int | None:
 
 def circuit_view(graph: dict[str, Any], atlas_meta: dict[str, Any]) -> CircuitView:
     nodes = [CircuitNode(**node, page=atlas_page(node, atlas_meta)) for node in graph["nodes"]]
-    fields = {name: graph[name] for name in CircuitView.model_fields if name not in ("nodes", "atlas_hook")}
+    names = [name for name in CircuitView.model_fields if name not in ("nodes", "atlas_hook")]
+    fields = {name: graph[name] for name in names if name in graph}  # older files lack the newer fields
     return CircuitView(**fields, nodes=nodes, atlas_hook=atlas_meta["hook_in"])

@@ -288,7 +288,8 @@ function circuitGraph(graph) {  // nodes placed by layer (columns), edges weight
       x1: from.x, y1: from.y, x2: to.x, y2: to.y, class: edge.weight >= 0 ? "edge pos" : "edge neg",
       "stroke-width": 0.5 + 5 * Math.abs(edge.weight) / strongest,
     });
-    line.append(svgEl("title", {}, `${edge.source} → ${edge.target}: ${fmt(edge.weight)}`));
+    const estimate = edge.attribution == null ? "" : `, edge attribution ${fmt(edge.attribution)}`;
+    line.append(svgEl("title", {}, `${edge.source} → ${edge.target}: ${fmt(edge.weight)}${estimate}`));
     svg.append(line);
   }
   for (const node of nodes) {
