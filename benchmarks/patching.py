@@ -12,6 +12,9 @@ heads), in fp32 on the CPU with torch's default thread count:
   rows per forward pass); TransformerLens: ``patching.get_act_patch_attn_head_out_by_pos`` with an
   ``index_df`` of the same components (one forward pass of all prompts per component), after
   ``run_with_cache`` on the clean prompts and a forward pass of the corrupted ones (its baseline).
+  featurelens runs each variant only from its first patched layer and position (the rest from a cached
+  pass and the base run's KV cache) and does not run patches that write the numbers already there (the
+  positions before the first token where clean and corrupted prompts differ); both give the same metric.
 * **attribution**: the first-order estimate ``grad(metric) . (clean - corrupt)`` of the same components.
   featurelens: ``attribution_patching``; TransformerLens the way its attribution-patching demo does it:
   ``run_with_cache`` on the clean prompts, forward and backward hooks on ``hook_z`` of the corrupted run,
