@@ -131,8 +131,17 @@ def print_report(report: CircuitReport, console: Console, graph: Path) -> None:
     )
     if report.features:
         effects = dict(zip(attribution.components, attribution.effect.tolist(), strict=True))
-        listed = ", ".join(f"{c.label} {effects[c]:.3f}" for c in report.features)
-        console.print(f"top features by attribution: {listed}")
+        measured = {}
+        if report.exact is not None:
+            measured = dict(zip(report.exact.components, report.exact.effect.tolist(), strict=True))
+        by = "exact patching (attribution)" if report.features[0] in measured else "attribution"
+        listed = ", ".join(
+            f"{c.label} {measured[c]:.3f} ({effects[c]:.3f})"
+            if c in measured
+            else f"{c.label} {effects[c]:.3f}"
+            for c in report.features
+        )
+        console.print(f"top features by {by}: {listed}")
     if report.faithfulness_by_heads:
         curve = ", ".join(f"{k}: {f:.2f}" for k, f in report.faithfulness_by_heads)
         console.print(f"faithfulness of the top-k heads alone (k: score): {curve}")
