@@ -55,8 +55,10 @@ def channels(width: int, units: Iterable[int] | slice) -> torch.Tensor:
 
 @dataclass(frozen=True, eq=False)
 class Edit:
-    """Base: subclasses give ``replacement(x, call)``; ``mask`` (bool, broadcastable to [batch, seq,
-    width]) limits the edit to some channels or rows; None edits every channel."""
+    """Base: subclasses give ``replacement(x, call)``; ``mask`` limits the edit to some channels
+    ([width]), rows ([batch, width]) or entries ([batch, positions, width], read at each column's real-token
+    position like a :class:`Patch` source, so it also fits a call that continues a KV cache); None edits
+    every channel."""
 
     mask: torch.Tensor | None = field(default=None, kw_only=True)
 
