@@ -17,7 +17,6 @@ from featurelens.intervene import (
     head_layout,
     run_with_edits,
 )
-from featurelens.intervene.heads import _projection
 from tests.conftest import POST_NORM_FAMILIES, TINY_FAMILIES, build_tiny_model
 
 CAUSAL_FAMILIES = sorted(set(TINY_FAMILIES) - POST_NORM_FAMILIES)
@@ -36,7 +35,7 @@ def test_head_contributions_sum_to_attn_out(tiny_lm: fl.LanguageModel) -> None:
         per_head = head_contributions(tiny_lm, layer, seen[f"layers.{layer}.attn_heads"])
         n_heads, _ = head_layout(tiny_lm, layer)
         assert per_head.shape == (*x.shape, n_heads, tiny_lm.d_model)
-        bias = getattr(_projection(tiny_lm, layer), "bias", None)
+        bias = getattr(tiny_lm.hook_point(f"layers.{layer}.attn_heads").module, "bias", None)
         total = per_head.sum(2) + (0 if bias is None else bias.detach())
         torch.testing.assert_close(total, seen[f"layers.{layer}.attn_out"], atol=1e-5, rtol=1e-5)
 
