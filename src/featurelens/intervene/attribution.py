@@ -38,21 +38,32 @@ def _frozen(lm: LanguageModel) -> Iterator[None]:
             parameter.requires_grad_(flag)
 
 
+@contextmanager
+def _metric_graph(
+    lm: LanguageModel,
+    input_ids: torch.Tensor,
+    hooks: Sequence[str],
+    metric: Metric,
+    *,
+    retain_grad: bool = False,
+) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    """While open: the tensors [n, seq, width] at ``hooks`` and the metric per prompt [n] of one forward
+    pass of ``input_ids`` [n, seq] whose graph starts at the embedding output (parameters frozen), ready
+    for ``backward`` or ``autograd.grad``."""
+    with ExitStack() as stack, _frozen(lm), torch.enable_grad():
+        stack.enter_context(replacing(lm.hook_point("embed"), lambda x: x.detach().requires_grad_(True)))
+        kept = stack.enter_context(recording([lm.hook_point(h) for h in hooks], retain_grad=retain_grad))
+        keep_last = {"logits_to_keep": 1} if metric.position == -1 else {}
+        logits = lm.model(input_ids=input_ids.to(lm.device), **keep_last).logits
+        yield kept, metric(logits, torch.arange(input_ids.shape[0], device=logits.device))
+
+
 def gradients(
     lm: LanguageModel, input_ids: torch.Tensor, hooks: Sequence[str], metric: Metric
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
     """Activations and gradients of the mean metric at ``hooks`` for ``input_ids`` [n, seq]: two dicts
     hook -> [n, seq, width], and the metric per prompt [n]."""
-
-    def enter_graph(x: torch.Tensor) -> torch.Tensor:
-        return x.detach().requires_grad_(True)
-
-    with ExitStack() as stack, _frozen(lm), torch.enable_grad():
-        stack.enter_context(replacing(lm.hook_point("embed"), enter_graph))
-        kept = stack.enter_context(recording([lm.hook_point(h) for h in hooks], retain_grad=True))
-        keep_last = {"logits_to_keep": 1} if metric.position == -1 else {}
-        logits = lm.model(input_ids=input_ids.to(lm.device), **keep_last).logits
-        values = metric(logits, torch.arange(input_ids.shape[0], device=logits.device))
+    with _metric_graph(lm, input_ids, hooks, metric, retain_grad=True) as (kept, values):
         values.mean().backward()
     grads = {}
     for hook in hooks:
@@ -156,12 +167,7 @@ def edge_attribution(
     node_hooks = sorted({c.hook for c in nodes}, key=list(lm.hook_points).index)
     hooks = sorted(set(node_hooks) | {_input_hook(lm, v) for v in receivers}, key=list(lm.hook_points).index)
     seq = base.shape[1]
-    with ExitStack() as stack, _frozen(lm), torch.enable_grad():
-        stack.enter_context(replacing(lm.hook_point("embed"), lambda x: x.detach().requires_grad_(True)))
-        kept = stack.enter_context(recording([lm.hook_point(h) for h in hooks]))
-        keep_last = {"logits_to_keep": 1} if metric.position == -1 else {}
-        logits = lm.model(input_ids=base.to(lm.device), **keep_last).logits
-        values = metric(logits, torch.arange(n, device=logits.device))
+    with _metric_graph(lm, base, hooks, metric) as (kept, values):
         targets = sorted({v.hook for v in receivers}, key=list(lm.hook_points).index)
         grads = dict(
             zip(

@@ -166,6 +166,18 @@ def intervening(
         raise HookError(f"hook point(s) {', '.join(silent)} never fired inside the intervention")
 
 
+def model_inputs(
+    lm: LanguageModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """Forward arguments for ``input_ids`` [batch, seq] on ``lm``'s device; with an ``attention_mask``,
+    position ids that count real tokens, so left padding changes nothing."""
+    inputs = {"input_ids": input_ids.to(lm.device)}
+    if attention_mask is not None:
+        mask = attention_mask.to(lm.device).long()
+        inputs |= {"attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp(min=0)}
+    return inputs
+
+
 def run_with_edits(
     lm: LanguageModel,
     input_ids: torch.Tensor,
@@ -175,12 +187,8 @@ def run_with_edits(
 ) -> torch.Tensor:
     """Logits [batch, seq, vocab] of ``input_ids`` [batch, seq] with ``edits`` applied. Padded rows need
     ``attention_mask``; position ids then count real tokens, so left padding changes nothing."""
-    inputs: dict[str, torch.Tensor] = {"input_ids": input_ids.to(lm.device)}
-    if attention_mask is not None:
-        mask = attention_mask.to(lm.device).long()
-        inputs |= {"attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp(min=0)}
     with torch.inference_mode(), intervening(lm, edits, positions):
-        logits: torch.Tensor = lm.model(**inputs).logits
+        logits: torch.Tensor = lm.model(**model_inputs(lm, input_ids, attention_mask)).logits
     return logits
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from featurelens.intervene.context import intervening
+from featurelens.intervene.context import intervening, model_inputs
 from featurelens.intervene.edits import Add, Edit, InterventionError, Mean
 from featurelens.intervene.heads import head_contributions, head_layout
 from featurelens.intervene.patching import cache_keyword, prefix_cache, repeated_cache
@@ -128,24 +128,15 @@ def encode(lm: LanguageModel, prompts: Sequence[str], answers: Sequence[str]) ->
     return Encoded(ids, mask, torch.tensor([tokens[0] for tokens in first]))
 
 
-def _inputs(lm: LanguageModel, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    mask = mask.to(lm.device)
-    return {
-        "input_ids": ids.to(lm.device),
-        "attention_mask": mask,
-        "position_ids": (mask.cumsum(1) - 1).clamp(min=0),
-    }
-
-
 def last_token_logits(
     lm: LanguageModel, prompts: Encoded, edits: Mapping[str, Edit | Sequence[Edit]] | None = None
 ) -> torch.Tensor:
     """Logits [n, vocab] after each prompt, with ``edits`` applied at its last token."""
     with torch.inference_mode():
         if not edits:
-            return lm.model(**_inputs(lm, prompts.ids, prompts.mask), logits_to_keep=1).logits[:, -1]
+            return lm.model(**model_inputs(lm, prompts.ids, prompts.mask), logits_to_keep=1).logits[:, -1]
         with intervening(lm, edits, positions=[-1]):
-            return lm.model(**_inputs(lm, prompts.ids, prompts.mask), logits_to_keep=1).logits[:, -1]
+            return lm.model(**model_inputs(lm, prompts.ids, prompts.mask), logits_to_keep=1).logits[:, -1]
 
 
 def accuracy(lm: LanguageModel, prompts: Encoded, edits: Mapping[str, Edit] | None = None) -> float:
@@ -158,7 +149,7 @@ def mean_head_outputs(lm: LanguageModel, prompts: Encoded, layers: Sequence[int]
     """Each layer's mean ``attn_heads`` [n_heads * head_dim] at the prompts' last token."""
     points = [lm.hook_point(f"layers.{layer}.attn_heads") for layer in layers]
     with torch.inference_mode(), recording(points) as kept:
-        lm.model(**_inputs(lm, prompts.ids, prompts.mask), logits_to_keep=1)
+        lm.model(**model_inputs(lm, prompts.ids, prompts.mask), logits_to_keep=1)
     return {
         layer: kept[p.name][:, -1].double().mean(0).float() for layer, p in zip(layers, points, strict=True)
     }
@@ -194,7 +185,7 @@ def head_effects(
             head_dim = head_layout(lm, layer)[1]
             masks[layer][g * n : (g + 1) * n, head * head_dim : (head + 1) * head_dim] = True
         edits = {f"layers.{layer}.attn_heads": Mean(means[layer], mask=mask) for layer, mask in masks.items()}
-        inputs: dict[str, Any] = _inputs(
+        inputs: dict[str, Any] = model_inputs(
             lm, prompts.ids.repeat(len(chunk), 1), prompts.mask.repeat(len(chunk), 1)
         )
         with torch.inference_mode():

@@ -31,7 +31,7 @@ from transformers.cache_utils import DynamicLayer
 
 from featurelens.dictionaries.base import Dictionary
 from featurelens.intervene.components import Component, Metric, hook_widths
-from featurelens.intervene.context import intervening
+from featurelens.intervene.context import intervening, model_inputs
 from featurelens.intervene.edits import Edit, InterventionError, Patch
 from featurelens.models import LanguageModel
 from featurelens.models.tracing import skipping_layers
@@ -129,12 +129,8 @@ def prefix_cache(
     """Keys and values [n, kv_heads, seq, head_dim] of every layer for ``input_ids`` [n, seq], or none
     where the model's cache is not one plain key/value pair per layer (sliding windows, recurrent
     layers): such models recompute every position."""
-    inputs: dict[str, torch.Tensor] = {"input_ids": input_ids.to(lm.device)}
-    if attention_mask is not None:
-        mask = attention_mask.to(lm.device).long()
-        inputs |= {"attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp(min=0)}
     with torch.inference_mode():
-        output = lm.model(**inputs, use_cache=True, logits_to_keep=1)
+        output = lm.model(**model_inputs(lm, input_ids, attention_mask), use_cache=True, logits_to_keep=1)
     cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
     layers = getattr(cache, "layers", None)
     if type(cache) is not DynamicCache or not layers or any(type(x) is not DynamicLayer for x in layers):
