@@ -26,3 +26,11 @@ class StoreError(FeatureLensError):
 
 class AtlasError(FeatureLensError):
     """An atlas that cannot be built or read, or a feature it does not hold."""
+
+
+class NeuronError(FeatureLensError):
+    """Neuron-report input that cannot be used: a hook, threshold or source the report cannot take."""
+
+
+class ProbeError(FeatureLensError):
+    """Probe input that cannot be used: labels of the wrong length or type, one class, k beyond the width."""

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from featurelens.capture.live import live_rows
+from featurelens.capture.rows import sequence_ids
 from featurelens.capture.store import ActivationStore
 from featurelens.corpus import CorpusConfig
 from featurelens.models import LanguageModel
@@ -26,13 +27,6 @@ class RowChunk:
     tokens: np.ndarray
     positions: np.ndarray
     sequences: np.ndarray
-
-
-def sequence_ids(positions: np.ndarray) -> np.ndarray:
-    """Sequence index [n] of stored rows: a new sequence starts wherever the position does not increase."""
-    starts = np.ones(len(positions), dtype=bool)
-    starts[1:] = positions[1:] <= positions[:-1]
-    return np.cumsum(starts) - 1
 
 
 def store_chunks(

@@ -1,8 +1,9 @@
 """Activations computed as they are needed: the rows a capture would store, straight from the model.
 
 Sequences are packed from the corpus exactly as `featurelens capture` packs them and run through the model
-(which stops after the last hooked layer); position 0 and special tokens are left out as a capture leaves
-them out, and rows whose norm exceeds an outlier limit (attention sinks) are dropped.
+(which stops after the last hooked layer); by default position 0 and special tokens are left out as a capture
+leaves them out, and rows whose norm exceeds an outlier limit (attention sinks) are dropped. The neuron report
+keeps every row (``skip_positions=0, keep_special=True, drop_outliers=False``): it looks for the sinks.
 """
 
 from __future__ import annotations
@@ -26,14 +27,17 @@ OUTLIER_MULTIPLE = 10.0
 class LiveRows:
     """The kept rows of one forward pass; every array has the same rows [n].
 
-    ``sequences`` is the index of each row's packed sequence in the corpus stream (0, 1, ...);
-    ``activations`` holds one float32 [n, width] array per hook.
+    ``sequences`` is the index of each row's packed sequence in the corpus stream (0, 1, ...); ``docs``
+    the corpus document each token came from; ``previous`` the token before it in its sequence (-1 at
+    position 0); ``activations`` holds one float32 [n, width] array per hook.
     """
 
     tokens: np.ndarray
     positions: np.ndarray
     sequences: np.ndarray
     activations: list[np.ndarray]
+    docs: np.ndarray
+    previous: np.ndarray
 
 
 def live_rows(
@@ -45,25 +49,35 @@ def live_rows(
     n_tokens: int,
     batch_size: int = 8,
     limits: Sequence[float] | None = None,
+    skip_positions: int = 1,
+    keep_special: bool = False,
+    drop_outliers: bool = True,
 ) -> Iterator[LiveRows]:
     """Rows of ``ceil(n_tokens / seq_len)`` packed sequences, ``batch_size`` sequences per forward pass.
 
     ``limits`` are the per-hook norm limits above which rows are dropped; by default
-    :data:`OUTLIER_MULTIPLE` x the median norm of the first forward pass, fixed from then on.
+    :data:`OUTLIER_MULTIPLE` x the median norm of the first forward pass, fixed from then on. With
+    ``drop_outliers=False`` no row is dropped for its norm.
     """
     n_sequences = math.ceil(n_tokens / seq_len)
     packed = islice(pack_sequences(documents(corpus), lm.tokenizer, seq_len), n_sequences)
-    special = special_token_ids(lm.tokenizer)
+    special = None if keep_special else special_token_ids(lm.tokenizer)
     first_sequence = 0
     while chunk := list(islice(packed, batch_size)):
         tokens = np.stack([sequence.tokens for sequence in chunk])
-        mask = stored_positions(tokens, 1, special)
+        mask = stored_positions(tokens, skip_positions, special)
         acts = lm.capture(torch.from_numpy(tokens).long(), hooks)
         rows = [acts[hook].float().cpu()[torch.from_numpy(mask)] for hook in hooks]
-        if limits is None:
-            limits = [OUTLIER_MULTIPLE * float(r.norm(dim=1).median()) for r in rows]
-        typical = torch.stack([r.norm(dim=1) <= limit for r, limit in zip(rows, limits, strict=True)]).all(0)
+        if not drop_outliers:
+            typical = torch.ones(len(rows[0]), dtype=torch.bool)
+        else:
+            if limits is None:
+                limits = [OUTLIER_MULTIPLE * float(r.norm(dim=1).median()) for r in rows]
+            norms_ok = [r.norm(dim=1) <= limit for r, limit in zip(rows, limits, strict=True)]
+            typical = torch.stack(norms_ok).all(0)
         keep = typical.numpy()
+        docs = np.stack([sequence.docs for sequence in chunk])
+        previous = np.concatenate([np.full((len(chunk), 1), -1), tokens[:, :-1]], axis=1)
         positions = np.broadcast_to(np.arange(tokens.shape[1], dtype=np.int32), tokens.shape)
         sequences = np.broadcast_to(
             np.arange(first_sequence, first_sequence + len(chunk), dtype=np.int64)[:, None], tokens.shape
@@ -73,5 +87,7 @@ def live_rows(
             positions=positions[mask][keep],
             sequences=sequences[mask][keep],
             activations=[r[typical].numpy() for r in rows],
+            docs=docs[mask][keep],
+            previous=previous[mask][keep].astype(np.int32),
         )
         first_sequence += len(chunk)

@@ -18,6 +18,7 @@ from featurelens.cli import (
     function_vector,
     hooks,
     info,
+    neurons,
     run,
     serve,
     show,
@@ -36,6 +37,7 @@ VERBS = {
     "circuit": circuit,
     "steer": steer,
     "function-vector": function_vector,
+    "neurons": neurons,
     "show": show,
     "serve": serve,
     "export": export,
@@ -55,6 +57,7 @@ The loop, one verb per stage:
   explain   explain features (baseline or an LLM) and score them on held-out examples
   steer     make a steering vector from contrastive prompts and steer generation with it
   function-vector  find the heads behind an in-context task; add its vector to zero-shot prompts
+  neurons   report dead, dense, outlier, massive, token and positional units of every layer
   circuit   find the heads and neurons behind a task: patching, attribution, faithfulness, edges
   show      a feature card, an atlas overview or a search, in the terminal
   serve     browse an atlas in a local web app: search, feature pages, try text, steer

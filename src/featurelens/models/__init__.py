@@ -1,7 +1,7 @@
 """Model loading and hook points."""
 
 from featurelens.models.hook_points import LAYER_POINTS, HookPoint, find_hook_points
-from featurelens.models.loading import LanguageModel, cache_dir, load_model, resolve_device
+from featurelens.models.loading import LanguageModel, cache_dir, load_model, load_tokenizer, resolve_device
 
 __all__ = [
     "LAYER_POINTS",
@@ -10,5 +10,6 @@ __all__ = [
     "cache_dir",
     "find_hook_points",
     "load_model",
+    "load_tokenizer",
     "resolve_device",
 ]

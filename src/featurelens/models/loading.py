@@ -219,6 +219,18 @@ def load_model(spec: str = "smollm2", *, device: str | None = None, dtype: str =
     )
 
 
+def load_tokenizer(spec: str) -> Any:
+    """Only the tokenizer of ``spec`` (a spec :func:`load_model` accepts), e.g. to decode a store's tokens."""
+    from transformers import AutoTokenizer
+
+    source = resolve_spec(spec)
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, KeyError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelLoadError(f"cannot load the tokenizer of {str(source)!r}: {reason}") from error
+
+
 def _torch_dtype(name: str) -> torch.dtype:
     dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
     if name not in dtypes:
