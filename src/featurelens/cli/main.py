@@ -19,6 +19,7 @@ from featurelens.cli import (
     hooks,
     info,
     neurons,
+    probe,
     run,
     serve,
     show,
@@ -38,6 +39,7 @@ VERBS = {
     "steer": steer,
     "function-vector": function_vector,
     "neurons": neurons,
+    "probe": probe,
     "show": show,
     "serve": serve,
     "export": export,
@@ -58,6 +60,7 @@ The loop, one verb per stage:
   steer     make a steering vector from contrastive prompts and steer generation with it
   function-vector  find the heads behind an in-context task; add its vector to zero-shot prompts
   neurons   report dead, dense, outlier, massive, token and positional units of every layer
+  probe     dense and k-sparse probes of a layer for token predicates, labels or positions
   circuit   find the heads and neurons behind a task: patching, attribution, faithfulness, edges
   show      a feature card, an atlas overview or a search, in the terminal
   serve     browse an atlas in a local web app: search, feature pages, try text, steer

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from featurelens.intervene.edits import InterventionError
 from featurelens.models import LanguageModel
+from featurelens.probes.estimators import fit_logistic
 
 METHODS = ("mean", "pca", "probe")
 
@@ -119,21 +120,8 @@ def logistic_direction(
     y = torch.cat([torch.ones(len(positive)), torch.zeros(len(negative))]).double()
     mean = x.mean(0)
     scale = (x - mean).pow(2).mean().sqrt().clamp(min=1e-12)
-    z = (x - mean) / scale
-    weights = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    optimiser = torch.optim.LBFGS([weights, bias], max_iter=steps, line_search_fn="strong_wolfe")
-
-    def loss() -> torch.Tensor:
-        optimiser.zero_grad()
-        value = torch.nn.functional.binary_cross_entropy_with_logits(z @ weights + bias, y)
-        value = value + l2 * weights.pow(2).sum()
-        value.backward()
-        return value
-
-    with torch.enable_grad():
-        optimiser.step(loss)
-    return (weights.detach() / scale).float()
+    weights, _ = fit_logistic((x - mean) / scale, y, n_classes=2, penalty=l2, max_iter=steps, tol=1e-7)
+    return (weights[:, 0] / scale).float()
 
 
 def steering_vector(
