@@ -13,6 +13,20 @@ from urllib.parse import urlsplit
 import httpx
 
 from tests.atlas.conftest import WIDTH, magnitude
+from tests.serve.conftest import (
+    DEAD,
+    MASSIVE,
+    MASSIVE_VALUE,
+    NEURON_HOOK,
+    OTHER_DEAD,
+    OTHER_HOOK,
+    OTHER_MASSIVE,
+    OTHER_MASSIVE_VALUE,
+    POSITIONAL,
+    REPORT_WIDTHS,
+    TOKEN,
+    TOKEN_UNIT,
+)
 
 
 def test_overview_endpoints_describe_the_atlas(server: str) -> None:
@@ -129,7 +143,8 @@ def test_requests_while_the_model_loads_get_429_never_a_500(fresh_server: str) -
 
 def test_openapi_fuzzing_finds_no_contract_violation(circuit_server: str, tmp_path: Path) -> None:
     """Every schemathesis check (server errors, undocumented status codes, replies that break the
-    schema, invalid data accepted, valid data rejected), over every endpoint including the circuit."""
+    schema, invalid data accepted, valid data rejected), over every endpoint including the circuit and
+    the neuron report."""
     schemathesis = Path(sys.executable).with_name("schemathesis")
     result = subprocess.run(
         [
@@ -185,3 +200,64 @@ def test_serving_a_file_that_is_not_a_circuit_is_one_line(atlas_path: Path, tmp_
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "is not a circuit file" in result.stderr
+
+
+def test_the_neuron_view_shows_the_planted_units_linked_to_the_neuron_atlas(neuron_server: str) -> None:
+    meta = httpx.get(f"{neuron_server}/api/meta").json()
+    assert meta["neurons"] and meta["kind"] == "neurons" and meta["hook_in"] == NEURON_HOOK
+    report = httpx.get(f"{neuron_server}/api/neurons").json()
+    assert report["meta"]["rows"] == 32 * 64 and report["meta"]["source"] == "synthetic"
+    assert [(row["hook"], row["width"]) for row in report["layers"]] == list(REPORT_WIDTHS.items())
+    first = report["layers"][0]
+    assert (
+        first["dead"] == 1
+        and first["massive_units"] == 1
+        and first["massive_entries"] == {"100x": 1, "1000x": 1}
+    )
+    notable = {group["kind"]: group["units"] for group in report["notable"]}
+    found = {kind: [(u["hook"], u["unit"], u["page"]) for u in units] for kind, units in notable.items()}
+    assert found["dead"] == [(NEURON_HOOK, DEAD, DEAD), (OTHER_HOOK, OTHER_DEAD, None)]
+    assert found["massive"] == [(NEURON_HOOK, MASSIVE, MASSIVE), (OTHER_HOOK, OTHER_MASSIVE, None)]
+    assert (
+        found["token"] == [(NEURON_HOOK, TOKEN_UNIT, TOKEN_UNIT)]
+        and notable["token"][0]["token_text"] == f"<{TOKEN}>"
+    )
+    assert found["positional"] == [(NEURON_HOOK, POSITIONAL, POSITIONAL)]
+    massive = [(m["hook"], m["unit"], m["value"], m["page"]) for m in report["massive"]]
+    assert massive == [
+        (NEURON_HOOK, MASSIVE, MASSIVE_VALUE, MASSIVE),
+        (OTHER_HOOK, OTHER_MASSIVE, OTHER_MASSIVE_VALUE, None),
+    ]
+    maps = {m["point"]: m for m in report["maps"]}
+    assert set(maps) == {"mlp_neurons", "resid_post"} and maps["mlp_neurons"]["layers"] == [1, 2]
+    mlp = maps["mlp_neurons"]
+    assert {MASSIVE, OTHER_MASSIVE} <= set(mlp["channels"]) and len(mlp["channels"]) <= 16
+    assert mlp["ratio"][0][mlp["channels"].index(MASSIVE)] == first["max_over_median"]
+    page = httpx.get(f"{neuron_server}/api/features/{DEAD}").json()  # the linked page is that neuron's
+    assert page["id"] == DEAD and page["count"] > 0
+
+
+def test_the_neuron_view_is_404_without_a_report_and_links_nothing_in_a_dictionary_atlas(
+    server: str, circuit_server: str
+) -> None:
+    missing = httpx.get(f"{server}/api/neurons")
+    assert missing.status_code == 404 and "--neurons" in missing.json()["detail"]
+    assert "\n" not in missing.json()["detail"] and httpx.get(f"{server}/api/meta").json()["neurons"] is False
+    report = httpx.get(f"{circuit_server}/api/neurons").json()  # beside the dictionary atlas of resid_post
+    units = [u for group in report["notable"] for u in group["units"]] + report["massive"]
+    assert units and all(u["page"] is None for u in units) and report["atlas_kind"] == "dictionary"
+
+
+def test_serving_a_folder_that_is_not_a_neuron_report_is_one_line(atlas_path: Path, tmp_path: Path) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "featurelens.cli.main",
+        "serve",
+        str(atlas_path),
+        "--neurons",
+        str(tmp_path),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "not a neuron report" in result.stderr

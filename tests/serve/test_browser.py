@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Route, sync_playwright
 
-from tests.serve.conftest import ARTIFACTS
+from tests.serve.conftest import ARTIFACTS, DEAD, NEURON_HOOK, OTHER_DEAD, OTHER_HOOK
+
+pytestmark = pytest.mark.browser
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 OFFLINE_FLAGS = [
@@ -31,8 +34,9 @@ def browser() -> Iterator[Browser]:
         chromium.close()
 
 
-@pytest.fixture
-def page(browser: Browser, server: str) -> Iterator[Page]:
+@contextmanager
+def local_tab(browser: Browser, server: str) -> Iterator[Page]:
+    """A tab that may only reach ``server``; it must end with no outside request and no script error."""
     outside: list[str] = []
 
     def local_only(route: Route) -> None:
@@ -51,6 +55,12 @@ def page(browser: Browser, server: str) -> Iterator[Page]:
     context.close()
     assert outside == [], f"the app tried to reach {outside}"
     assert errors == [], errors
+
+
+@pytest.fixture
+def page(browser: Browser, server: str) -> Iterator[Page]:
+    with local_tab(browser, server) as tab:
+        yield tab
 
 
 def shot(page: Page, name: str) -> None:
@@ -140,3 +150,28 @@ def test_the_circuit_view_draws_the_graph_and_opens_feature_pages(
     assert f"{feature['page']}" in tab.locator("h1").inner_text()
     context.close()
     assert errors == [], errors
+
+
+def test_the_neuron_view_draws_its_tables_and_opens_unit_pages(browser: Browser, neuron_server: str) -> None:
+    report = httpx.get(f"{neuron_server}/api/neurons").json()
+    with local_tab(browser, neuron_server) as tab:
+        tab.goto(neuron_server)
+        tab.wait_for_selector("#neurons-link")
+        tab.click("#neurons-link")
+        tab.wait_for_selector("table.notable")
+        assert tab.locator("table.neuron-layers").count() == 2  # mlp_neurons and resid_post
+        assert tab.locator("table.neuron-layers[data-point=mlp_neurons] tbody tr").count() == 2
+        cells = sum(len(m["layers"]) * len(m["channels"]) for m in report["maps"])
+        assert tab.locator("svg.heatmap rect.cell").count() == cells
+        assert tab.locator("#massive tbody tr").count() == len(report["massive"])
+        assert tab.locator("table.notable").count() == len(report["notable"])
+        assert "null" not in tab.inner_text("main") and "undefined" not in tab.inner_text("main")
+        dead = tab.locator("table.notable[data-kind=dead]")
+        assert (
+            dead.locator(f'tr[data-hook="{OTHER_HOOK}"][data-unit="{OTHER_DEAD}"] a').count() == 0
+        )  # no page
+        shot(tab, "neurons")
+        dead.locator(f'tr[data-hook="{NEURON_HOOK}"][data-unit="{DEAD}"] a.unit-link').click()
+        tab.wait_for_function(f"location.hash === '#/feature/{DEAD}'")
+        tab.wait_for_selector("#top-contexts")
+        assert tab.locator("h1").inner_text() == f"Feature {DEAD}"

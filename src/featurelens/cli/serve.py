@@ -1,4 +1,5 @@
-"""Browse an atlas in a local web app: overview, feature pages, search, try your own text, steering.
+"""Browse an atlas in a local web app: overview, feature pages, search, try your own text, steering, and
+optionally a circuit and a neuron report beside it.
 
 Serves the atlas's own data and the app's own assets (no CDN: works offline) on 127.0.0.1 unless --host
 says otherwise. The model and dictionary the atlas was built from load on first use of "try your own
@@ -9,6 +10,7 @@ examples:
   featurelens serve runs/demo/atlas.sqlite --port 8080
   featurelens serve runs/demo/atlas.sqlite --host 0.0.0.0  # reachable from other machines (warned)
   featurelens serve runs/demo/atlas.sqlite --circuit runs/circuit   # plus the circuit view (#/circuit)
+  featurelens serve runs/neurons.sqlite --neurons runs/neurons     # plus the neuron report (#/neurons)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from rich.console import Console
 
 from featurelens.errors import FeatureLensError
 
-HELP = "browse an atlas in a local web app (search, feature pages, try text, steer)"
+HELP = "browse an atlas in a local web app (search, feature pages, try text, steer, circuits, neurons)"
 
 
 class ServeError(FeatureLensError):
@@ -38,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument(
         "--circuit", help="also show this circuit (a `featurelens circuit` folder or circuit.json)"
+    )
+    parser.add_argument(
+        "--neurons",
+        help="also show this neuron report (a `featurelens neurons` folder), units linked to "
+        "the atlas's pages when it is a neuron atlas of their hook",
     )
 
 
@@ -56,7 +63,9 @@ def main(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise ServeError(f"--port must be between 1 and 65535, got {args.port}")
     console = Console(stderr=True)
-    app = create_app(args.atlas, model=args.model, device=args.device, circuit=args.circuit)
+    app = create_app(
+        args.atlas, model=args.model, device=args.device, circuit=args.circuit, neurons=args.neurons
+    )
     if not is_loopback(args.host):
         console.print(
             f"[bold red]warning:[/] binding {args.host}: anyone who can reach this machine can use the app"

@@ -2,7 +2,8 @@
 
 Routes (the OpenAPI schema is at ``/openapi.json``):
 
-    GET  /                          the single-page app (overview, #/feature/ID, #/try, #/steer, #/circuit)
+    GET  /                          the single-page app (overview, #/feature/ID, #/try, #/steer, #/circuit,
+                                    #/neurons)
     GET  /static/...                its script and style sheet, served from the package only
     GET  /api/meta                  model, hook, dictionary, evaluation, settings
     GET  /api/densities             histogram of log10 feature densities, and the dead count
@@ -10,6 +11,7 @@ Routes (the OpenAPI schema is at ``/openapi.json``):
     GET  /api/features/{id}         everything about one feature
     GET  /api/search?q=...          features whose top / output tokens (or explanations) match
     GET  /api/circuit               the circuit being shown (``--circuit``), nodes linked to atlas pages
+    GET  /api/neurons               the neuron report being shown (``--neurons``), units linked to atlas pages
     GET  /api/model                 state of the live model: idle, loading, ready, failed
     POST /api/activations           {"text"} -> each token's strongest features (loads the model lazily)
     POST /api/steer                 {"prompt", "features": [{"id", "strength"}], "mode", "max_new_tokens"}
@@ -37,8 +39,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from featurelens.atlas import Atlas, Feature, FeatureSummary
 from featurelens.errors import FeatureLensError
 from featurelens.intervene.discover import read_circuit
+from featurelens.neurons import load_report
 from featurelens.serve.circuit import CircuitView, circuit_view
 from featurelens.serve.live import LiveModel, ModelBusy, Steering, TokenFeatures
+from featurelens.serve.neurons import NeuronView, neuron_view
 
 MAX_TEXT_CHARS = 2000
 MAX_NEW_TOKENS = 64
@@ -61,6 +65,7 @@ class Meta(BaseModel):
     settings: dict[str, Any]
     live_model: str
     circuit: bool  # whether /api/circuit has a circuit to show
+    neurons: bool  # whether /api/neurons has a neuron report to show
 
 
 class Densities(BaseModel):
@@ -141,7 +146,7 @@ class SteerRequest(StrictBody):
 
 ERRORS = {
     400: "a request the atlas or model cannot serve (e.g. a body that is not JSON)",
-    404: "no such feature or circuit",
+    404: "no such feature, circuit or neuron report",
     422: "a parameter or body field of the wrong type or out of range",
     429: "the model is loading; retry after the Retry-After seconds",
 }
@@ -174,11 +179,13 @@ def create_app(
     model: str | None = None,
     device: str | None = None,
     circuit: str | Path | None = None,
+    neurons: str | Path | None = None,
 ) -> FastAPI:
-    """The app serving ``atlas_path`` (and the circuit file ``circuit``, if given); ``model`` overrides
-    the model named in the atlas."""
+    """The app serving ``atlas_path`` (and the circuit file ``circuit`` and the neuron report folder
+    ``neurons``, if given); ``model`` overrides the model named in the atlas."""
     atlas = Atlas.open(atlas_path)
     graph = circuit_view(read_circuit(circuit), atlas.meta) if circuit is not None else None
+    report = neuron_view(load_report(neurons), atlas.meta) if neurons is not None else None
     served = _Served(atlas, LiveModel(atlas.meta, model=model, device=device), threading.Lock())
     app = FastAPI(
         title="featurelens",
@@ -221,6 +228,7 @@ def create_app(
             settings=m["settings"],
             live_model=served.live.model_spec,
             circuit=graph is not None,
+            neurons=report is not None,
         )
 
     @app.get("/api/densities")
@@ -283,6 +291,14 @@ def create_app(
                 404, "no circuit is served; start with featurelens serve ATLAS --circuit FOLDER"
             )
         return graph
+
+    @app.get("/api/neurons", responses=errors(404))
+    def neuron_report() -> NeuronView:
+        if report is None:
+            raise HTTPException(
+                404, "no neuron report is served; start with featurelens serve ATLAS --neurons FOLDER"
+            )
+        return report
 
     @app.get("/api/model")
     def model_state() -> ModelState:

@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from featurelens.serve.pages import atlas_page
+
 
 class CircuitNode(BaseModel):
     id: str
@@ -44,18 +46,11 @@ class CircuitView(BaseModel):
     atlas_hook: str
 
 
-def atlas_page(node: dict[str, Any], atlas_meta: dict[str, Any]) -> int | None:
-    """The feature id that shows ``node`` in the atlas described by ``atlas_meta``, if any."""
-    same_hook = node["hook"] == atlas_meta["hook_in"]
-    if node["kind"] == "feature" and same_hook and atlas_meta["kind"] == "dictionary":
-        return int(node["index"])
-    if node["kind"] == "neuron" and same_hook and node["index"] < int(atlas_meta["d_latent"]):
-        return int(node["index"])
-    return None
-
-
 def circuit_view(graph: dict[str, Any], atlas_meta: dict[str, Any]) -> CircuitView:
-    nodes = [CircuitNode(**node, page=atlas_page(node, atlas_meta)) for node in graph["nodes"]]
+    nodes = [
+        CircuitNode(**node, page=atlas_page(node["kind"], node["hook"], node["index"], atlas_meta))
+        for node in graph["nodes"]
+    ]
     names = [name for name in CircuitView.model_fields if name not in ("nodes", "atlas_hook")]
     fields = {name: graph[name] for name in names if name in graph}  # older files lack the newer fields
     return CircuitView(**fields, nodes=nodes, atlas_hook=atlas_meta["hook_in"])

@@ -1,4 +1,4 @@
-// featurelens web app: one page, five views (#/, #/feature/ID, #/try, #/steer, #/circuit), built on /api.
+// featurelens web app: one page, six views (#/, #/feature/ID, #/try, #/steer, #/circuit, #/neurons), built on /api.
 "use strict";
 
 const view = document.getElementById("view");
@@ -18,7 +18,7 @@ function el(tag, attrs = {}, ...children) {
 }
 
 function put(...children) {  // show a view; null children (absent sections) are left out
-  view.replaceChildren(...children.flat().filter((child) => child !== null && child !== undefined));
+  view.replaceChildren(...children.flat(Infinity).filter((child) => child !== null && child !== undefined));
 }
 
 async function api(path, body) {
@@ -41,7 +41,7 @@ async function api(path, body) {
 }
 
 const fmt = (x, digits = 3) => (x === null || x === undefined ? "—" : Number(x).toPrecision(digits));
-const pct = (x) => (100 * x).toPrecision(3) + "%";
+const pct = (x) => (x === null || x === undefined ? "—" : (100 * x).toPrecision(3) + "%");
 const shown = (text) => text.replace(/\n/g, "↵");
 const featureLink = (id, label) => el("a", { href: `#/feature/${id}` }, label ?? `#${id}`);
 
@@ -343,6 +343,96 @@ async function circuitView() {
   );
 }
 
+const LAYER_COLUMNS = [  // the layer x statistic table: [field, heading, format]
+  ["width", "units", String], ["fire_rate", "firing", pct], ["zero_fraction", "exactly 0", pct],
+  ["near_zero_fraction", "near 0", pct], ["kurtosis", "kurtosis (pooled)", fmt],
+  ["median_unit_kurtosis", "median unit kurtosis", fmt], ["max_over_median", "max / median |x|", fmt],
+  ["dead", "dead", String], ["always_on", "always on", String], ["outlier_units", "outlier", String],
+  ["massive_units", "massive", String], ["positional_units", "positional", String], ["token_units", "token", String],
+  ["previous_token_units", "previous token", String], ["bigram_units", "bigram", String],
+];
+
+function massiveMap(map, logTop) {  // layer x channel heat map of log10(max |x| / median |x|)
+  const cell = 22, left = 46, top = 34;
+  const width = Math.max(360, left + map.channels.length * cell + 4), height = top + map.layers.length * cell + 4;
+  const svg = svgEl("svg", { class: "heatmap", width, height, viewBox: `0 0 ${width} ${height}`, "data-point": map.point });
+  map.channels.forEach((channel, j) => svg.append(svgEl("text", {
+    x: left + j * cell + cell / 2, y: top - 6, "text-anchor": "middle", class: "channel" }, channel)));
+  map.layers.forEach((layer, i) => {
+    svg.append(svgEl("text", { x: left - 6, y: top + i * cell + cell / 2 + 4, "text-anchor": "end" }, `L${layer}`));
+    map.channels.forEach((channel, j) => {
+      const ratio = map.ratio[i][j];
+      const strength = ratio === null ? 0 : Math.max(0, Math.min(1, Math.log10(Math.max(ratio, 1)) / logTop));
+      const rect = svgEl("rect", { x: left + j * cell, y: top + i * cell, width: cell - 1, height: cell - 1,
+        class: ratio === null ? "cell unknown" : "cell", "data-hook": map.hooks[i], "data-channel": channel });
+      if (ratio !== null) rect.setAttribute("fill", `rgba(194, 65, 12, ${(0.04 + 0.96 * strength).toFixed(3)})`);
+      rect.append(svgEl("title", {}, `${map.hooks[i]} channel ${channel}: max |x| = ` +
+        (ratio === null ? "? (median |x| is 0)" : `${fmt(ratio)} × median |x|`)));
+      svg.append(rect);
+    });
+  });
+  svg.append(svgEl("text", { x: left, y: 12 }, `${map.point}: channels (the largest of some layer)`));
+  return svg;
+}
+
+function unitLink(unit, atlasHook) {
+  return unit.page === null
+    ? el("span", { class: "muted", title: `no page in this atlas (it maps ${atlasHook})` }, `#${unit.unit}`)
+    : el("a", { href: `#/feature/${unit.page}`, class: "unit-link", title: "this unit's page in the atlas" }, `#${unit.unit}`);
+}
+
+const tokenCell = (text, ...scores) => (text ? [el("span", { class: "pill" }, shown(text)), ` (${scores.join(", ")})`] : "—");
+
+async function neuronView() {
+  const report = await api("/api/neurons");
+  const points = [...new Set(report.layers.map((row) => row.point))];
+  const logTop = Math.max(1, ...report.maps.flatMap((m) => m.ratio.flat().filter((r) => r !== null).map((r) => Math.log10(r))));
+  put(
+    el("h1", {}, "Neurons"),
+    el("div", { class: "stats" },
+      el("span", {}, "model ", el("b", {}, report.meta.model || "—")),
+      el("span", {}, el("b", {}, report.meta.rows.toLocaleString()), ` rows (${report.meta.source})`),
+      el("span", {}, el("b", {}, report.meta.hooks.length), " hooks")),
+    el("p", { class: "muted" }, `Units link to their pages when the served atlas is a neuron atlas of their hook ` +
+      `(this one maps ${report.atlas_kind === "neurons" ? "the neurons" : "a dictionary"} of ${report.atlas_hook}).`),
+    points.map((point) => [
+      el("h2", {}, `${point}: layer × statistic`),
+      el("div", { class: "wide" }, el("table", { class: "neuron-layers", "data-point": point },
+        el("thead", {}, el("tr", {}, el("th", {}, "layer"), LAYER_COLUMNS.map(([, label]) => el("th", {}, label)))),
+        el("tbody", {}, report.layers.filter((row) => row.point === point).sort((a, b) => a.layer - b.layer)
+          .map((row) => el("tr", {}, el("td", { title: row.hook }, row.layer),
+            LAYER_COLUMNS.map(([key, , f]) => el("td", { class: "num" }, row[key] === null ? "—" : f(row[key])))))))),
+    ]),
+    el("h2", {}, "massive activations: max |x| / median |x| of the layer, per channel"),
+    el("div", { class: "panel", id: "massive-maps" }, report.maps.map((map) => massiveMap(map, logTop)),
+      el("p", { class: "muted" }, `colour: log scale from 1× (palest) to ${fmt(10 ** logTop)}× the layer's median |x| ` +
+        "(darkest); grey: the median is 0. Hover a cell for its value.")),
+    el("h3", {}, `the largest entries (top ${report.massive.length})`),
+    report.massive.length ? el("table", { id: "massive" },
+      el("thead", {}, el("tr", {}, ["hook", "unit", "value", "× median", "position", "token"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, report.massive.map((m) => el("tr", {},
+        el("td", {}, m.hook), el("td", {}, unitLink(m, report.atlas_hook)), el("td", { class: "num" }, fmt(m.value)),
+        el("td", { class: "num" }, fmt(m.multiple_of_median)), el("td", { class: "num" }, m.position),
+        el("td", {}, el("span", { class: "pill" }, shown(m.token_text)))))))
+      : el("p", { class: "muted" }, "no massive activation (none reached the first massive multiple of the median)"),
+    el("h2", {}, "notable units"),
+    report.notable.length ? null : el("p", { class: "muted" }, "no unit is notable"),
+    report.notable.map((group) => [
+      el("h3", {}, `${group.kind} (top ${group.units.length})`),
+      el("table", { class: "notable", "data-kind": group.kind },
+        el("thead", {}, el("tr", {}, ["unit", "hook", "firing", "kurtosis", "max / median", "position R²", "token (coverage, lift)",
+          "previous token (lift)", "bigram (lift)"].map((h) => el("th", {}, h)))),
+        el("tbody", {}, group.units.map((u) => el("tr", { "data-hook": u.hook, "data-unit": u.unit },
+          el("td", {}, unitLink(u, report.atlas_hook)), el("td", {}, u.hook), el("td", { class: "num" }, pct(u.fire_rate)),
+          el("td", { class: "num" }, fmt(u.kurtosis)), el("td", { class: "num" }, fmt(u.max_over_median)),
+          el("td", { class: "num" }, fmt(u.position_r2)),
+          el("td", {}, tokenCell(u.token_text, fmt(u.token_coverage, 2), fmt(u.token_lift, 2))),
+          el("td", {}, tokenCell(u.previous_token_text, fmt(u.previous_lift, 2))),
+          el("td", {}, tokenCell(u.bigram_text, fmt(u.bigram_lift, 2))))))),
+    ]),
+  );
+}
+
 async function render() {
   const hash = decodeURIComponent(location.hash.slice(1)) || "/";
   try {
@@ -352,6 +442,7 @@ async function render() {
     else if (hash.startsWith("/steer")) await steer();
     else if ((match = hash.match(/^\/search\/(.+)$/))) await searchView(match[1]);
     else if (hash.startsWith("/circuit")) await circuitView();
+    else if (hash.startsWith("/neurons")) await neuronView();
     else await overview();
   } catch (error) {
     put(el("p", { class: "error" }, error.message));
@@ -364,7 +455,9 @@ document.getElementById("search-form").addEventListener("submit", (event) => {
   if (query) location.hash = `#/search/${encodeURIComponent(query)}`;
 });
 window.addEventListener("hashchange", render);
-api("/api/meta").then((meta) => {  // the circuit link only when a circuit is served
-  if (meta.circuit) document.querySelector("nav").append(el("a", { href: "#/circuit", id: "circuit-link" }, "circuit"));
+api("/api/meta").then((meta) => {  // the circuit and neuron links only when they are served
+  const nav = document.querySelector("nav");
+  if (meta.circuit) nav.append(el("a", { href: "#/circuit", id: "circuit-link" }, "circuit"));
+  if (meta.neurons) nav.append(el("a", { href: "#/neurons", id: "neurons-link" }, "neurons"));
 }).catch(() => {});
 render();
