@@ -236,7 +236,7 @@ def test_cli_writes_the_report_and_refuses_bad_input(planted: dict[str, Any], tm
     bad_hook = featurelens(
         "neurons", "--acts", str(planted["store"]), "--hook", "layers.9.*", "--out", str(tmp_path / "x")
     )
-    assert_one_line_error(bad_hook, "layers.9.*", "layers.1.mlp_neurons")
+    assert_one_line_error(bad_hook, "layers.9.*", "mlp_neurons")
     assert_one_line_error(
         featurelens("neurons", "--massive", "100,x", "--out", str(tmp_path / "y")), "--massive"
     )

@@ -73,7 +73,11 @@ class ProbeJob:
 
 @dataclass
 class ProbeRows:
-    """Units [n, width] (float32) and per row [n]: token id, position, document; with the tokenizer."""
+    """Units [n, width] (float32) and per row [n]: token id, position, document; with the tokenizer.
+
+    ``typical`` [m] marks which of the m rows read were kept (norm outliers left out); a labels file must
+    hold ``label_rows`` values (the store's rows, or the m rows read live), of which the first m count.
+    """
 
     x: np.ndarray
     tokens: np.ndarray
@@ -82,6 +86,8 @@ class ProbeRows:
     tokenizer: Any
     hook: str
     source: dict[str, Any]
+    typical: np.ndarray
+    label_rows: int
 
 
 def _collect(chunks: Any, hook: str, limit: int) -> list[Rows]:
@@ -114,6 +120,7 @@ def probe_rows(job: ProbeJob) -> ProbeRows:
         outliers = store.outlier_rows(hook)
         typical[outliers[outliers < len(typical)]] = False
         source: dict[str, Any] = {"source": "store", "store": str(store.path), "model": spec}
+        label_rows = store.n_tokens
     else:
         lm = load_model(job.model, device=job.device)
         lm.hook_point(hook)
@@ -131,6 +138,7 @@ def probe_rows(job: ProbeJob) -> ProbeRows:
         parts = _collect(chunks, hook, job.tokens)
         norms = torch.cat([p.acts[hook] for p in parts]).norm(dim=1).numpy()
         typical = norms <= OUTLIER_MULTIPLE * np.median(norms)
+        label_rows = len(typical)
         source = {"source": "live", "model": job.model, "corpus": asdict(job.corpus), "seq_len": job.seq_len}
     acts = torch.cat([p.acts[hook] for p in parts])
     if dictionary is not None:
@@ -149,6 +157,8 @@ def probe_rows(job: ProbeJob) -> ProbeRows:
         tokenizer,
         hook,
         source,
+        typical,
+        label_rows,
     )
 
 
@@ -165,7 +175,10 @@ def targets(job: ProbeJob, rows: ProbeRows) -> list[Labels]:
         context = contexts(texts, rows.positions)
         chosen.extend(predicate_labels(spec, texts, context) for spec in predicates)
     if job.labels:
-        chosen.append(file_labels(job.labels, len(rows.x)))
+        labels = file_labels(job.labels, rows.label_rows)
+        read = len(rows.typical)
+        values, keep = labels.values[:read][rows.typical], labels.keep[:read][rows.typical]
+        chosen.append(Labels(labels.name, values, keep, labels.kind))
     if job.target:
         chosen.append(target_labels(job.target, rows.positions))
     return chosen
