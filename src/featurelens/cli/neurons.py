@@ -74,6 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="outlier: |x| > this x the layer's median |x| (default 20)",
     )
     parser.add_argument(
+        "--outlier-rate",
+        type=float,
+        default=settings.outlier_rate,
+        help="outlier channel: beyond --outlier-multiple on at least this fraction of rows (default 0.001)",
+    )
+    parser.add_argument(
         "--massive",
         default=",".join(f"{m:g}" for m in settings.massive),
         help="massive-activation multiples of the layer's median |x| (default 100,1000)",
@@ -107,6 +113,7 @@ def job_from_args(args: argparse.Namespace) -> NeuronJob:
         fire_threshold=args.fire_threshold,
         near_zero=args.near_zero,
         outlier_multiple=args.outlier_multiple,
+        outlier_rate=args.outlier_rate,
         massive=_multiples(args.massive),
         always_on=args.always_on,
         top=args.top,

@@ -4,9 +4,11 @@ Per unit (see :mod:`featurelens.neurons.statistics` for how each is kept): firin
 rates; mean, spread, skewness and kurtosis; extremes and where the largest magnitude occurred; outlier and
 massive-activation rates relative to the hook's median magnitude; the variance explained by position; and
 the token, previous token and bigram that explain its strong activations (coverage and lift). Units are
-flagged ``dead`` (never fires), ``always_on``, ``outlier`` (largest magnitude >= ``outlier_multiple`` x the
-hook's median), ``massive`` (an entry >= the first ``massive`` multiple), ``positional`` (η² of position >=
-``positional``) and token-, previous-token- or bigram-specific.
+flagged ``dead`` (never fires: on a signed hook such as the residual stream, a channel that is always
+negative), ``always_on``, ``outlier`` (beyond ``outlier_multiple`` x the hook's median magnitude on at least
+``outlier_rate`` of rows: a systematic outlier channel, not one spike), ``massive`` (an entry >= the first
+``massive`` multiple), ``positional`` (η² of position >= ``positional``) and token-, previous-token- or
+bigram-specific.
 
 Live runs keep every position and special token and drop no row: attention-sink rows (position 0) are where
 massive activations live. A store gives the rows it holds (by default without position 0).
@@ -319,7 +321,7 @@ def _unit_table(hook: str, stats: UnitStatistics, context: _RowContext, settings
         "strong_rows": token.support,
         "dead": fire_rate == 0,
         "always_on": fire_rate >= settings.always_on,
-        "outlier": max_over_median >= settings.outlier_multiple,
+        "outlier": stats.rate("outliers").numpy() >= settings.outlier_rate,
         "massive": massive[0] > 0,
         "positional": position_r2 >= settings.positional,
         "token_specific": token_specific,
@@ -357,7 +359,9 @@ def _hook_summary(hook: str, stats: UnitStatistics, units: pa.Table) -> dict[str
         "token_units": int(column["token_specific"].sum()),
         "previous_token_units": int(column["previous_token_specific"].sum()),
         "bigram_units": int(column["bigram_specific"].sum()),
-        "position_r2_chance": float((len(stats.position_counts.nonzero()) - 1) / max(stats.n_rows - 1, 1)),
+        "position_r2_chance": float(
+            (int((stats.position_counts.sum(1) > 0).sum()) - 1) / max(stats.n_rows - 1, 1)
+        ),
     }
     return summary
 
@@ -408,7 +412,7 @@ def _positional_table(
         if not len(units):
             continue
         means = stats[hook].position_means()[:, units].numpy()
-        present = np.flatnonzero(stats[hook].position_counts.numpy() > 0)
+        present = np.flatnonzero(stats[hook].position_counts.sum(1).numpy() > 0)
         for j, unit in enumerate(units):
             records["hook"].extend([hook] * len(present))
             records["unit"].extend([int(unit)] * len(present))

@@ -10,8 +10,8 @@ float64 where it sums:
   (|x| <= ``near_zero`` x the hook's median magnitude: the "lazy neuron" statistic), exceeds
   ``outlier_multiple`` x that median (what quantization cares about), and is massive (>= each of
   ``massive`` x that median: the "massive activations" of attention-sink rows);
-* the sum of its values per position, over rows holding no massive entry (so the variance explained by
-  position is exact, and not dominated by a few attention-sink rows);
+* the count, sum and sum of squares of its values per position, leaving out its own massive entries (so
+  the variance explained by position is exact, and not decided by a few attention-sink rows);
 * its ``top`` largest values and their rows (merged by one top-k per chunk: exact), from which the tokens
   that explain its strong activations are read at the end;
 * the hook's ``massive_events`` largest-magnitude massive entries (value, row, unit).
@@ -36,6 +36,7 @@ class NeuronSettings:
     fire_threshold: float = 0.0
     near_zero: float = 0.01
     outlier_multiple: float = 20.0
+    outlier_rate: float = 0.001
     massive: tuple[float, ...] = (100.0, 1000.0)
     always_on: float = 0.99
     top: int = 128
@@ -49,6 +50,7 @@ class NeuronSettings:
         checks = [
             (self.near_zero >= 0, f"--near-zero must be >= 0, got {self.near_zero}"),
             (self.outlier_multiple > 1, f"--outlier-multiple must exceed 1, got {self.outlier_multiple}"),
+            (0 < self.outlier_rate <= 1, f"--outlier-rate must be in (0, 1], got {self.outlier_rate}"),
             (
                 len(self.massive) > 0 and all(m > 1 for m in self.massive),
                 f"--massive multiples must each exceed 1, got {self.massive}",
@@ -122,7 +124,6 @@ class UnitStatistics:
         self.median_abs: float | None = None
         zeros = torch.zeros(width, dtype=torch.float64)
         self.moments: Moments = (0.0, zeros, zeros, zeros, zeros)
-        self.typical_moments: Moments = (0.0, zeros, zeros, zeros, zeros)  # rows without massive entries
         self.minimum = torch.full((width,), float("inf"), dtype=torch.float64)
         self.maximum = torch.full((width,), float("-inf"), dtype=torch.float64)
         self.max_abs = torch.zeros(width, dtype=torch.float64)
@@ -130,9 +131,12 @@ class UnitStatistics:
         counts = ("fires", "zeros", "near_zero", "outliers")
         self.counts = {name: torch.zeros(width, dtype=torch.int64) for name in counts}
         self.massive_counts = torch.zeros(len(settings.massive), width, dtype=torch.int64)
-        self.massive_rows = 0
+        # per position and unit, over the unit's entries below the first massive multiple; values are
+        # taken relative to the first chunk's mean (``shift``) so float32 chunk sums lose nothing
         self.position_sums = torch.zeros(0, width, dtype=torch.float64)
-        self.position_counts = torch.zeros(0, dtype=torch.int64)
+        self.position_counts = torch.zeros(0, width, dtype=torch.float64)
+        self.position_squares = torch.zeros(width, dtype=torch.float64)
+        self.shift: torch.Tensor | None = None
         self.top_values = torch.full((settings.top, width), float("-inf"))
         self.top_rows = torch.full((settings.top, width), -1, dtype=torch.int64)
         self.events = (torch.empty(0), torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64))
@@ -167,31 +171,34 @@ class UnitStatistics:
         massive = [magnitude >= multiple * median for multiple in s.massive]
         for i, mask in enumerate(massive):
             self.massive_counts[i] += _counts(mask)
-        sink = massive[0].any(1)
-        if sink.any():  # position statistics leave out rows with massive entries: those are reported apart
-            self.massive_rows += int(sink.sum())
-            typical = ~sink
-            x_typical, positions = x[typical], positions[typical]
-            moments = chunk_moments(x_typical) if len(x_typical) else (0.0, *moments[1:])
-        else:
-            x_typical = x
-        self.typical_moments = merge_moments(self.typical_moments, moments)
-        if len(x_typical):
-            self._add_positions(x_typical, positions)
+        self._add_positions(x, positions, ~massive[0])
         self._merge_top(x, rows)
         self._merge_events(x, magnitude, rows, min(s.massive) * median)
 
-    def _add_positions(self, x: torch.Tensor, positions: torch.Tensor) -> None:
+    def _add_positions(self, x: torch.Tensor, positions: torch.Tensor, kept: torch.Tensor) -> None:
+        """Per-position counts, sums and the sum of squares of each unit's ``kept`` [n, width] entries."""
+        if self.shift is None:
+            self.shift = x.mean(0)
         needed = int(positions.max()) + 1
         if needed > len(self.position_counts):
             grow = needed - len(self.position_counts)
             self.position_sums = torch.cat(
                 [self.position_sums, self.position_sums.new_zeros(grow, self.width)]
             )
-            self.position_counts = torch.cat([self.position_counts, self.position_counts.new_zeros(grow)])
-        sums = torch.zeros(needed, self.width).index_add_(0, positions, x)
+            self.position_counts = torch.cat(
+                [self.position_counts, self.position_counts.new_zeros(grow, self.width)]
+            )
+        shifted = x - self.shift
+        if kept.all():
+            per_position = torch.bincount(positions, minlength=needed)[:needed, None].double()
+            self.position_counts[:needed] += per_position
+        else:
+            shifted = shifted * kept
+            counts = torch.zeros(needed, self.width).index_add_(0, positions, kept.float())
+            self.position_counts[:needed] += counts.double()
+        sums = torch.zeros(needed, self.width).index_add_(0, positions, shifted)
         self.position_sums[:needed] += sums.double()
-        self.position_counts += torch.bincount(positions, minlength=len(self.position_counts))
+        self.position_squares += (shifted * shifted).sum(0).double()
 
     def _merge_top(self, x: torch.Tensor, rows: torch.Tensor) -> None:
         """Merge the chunk into the ``top`` largest values per unit. Only entries above a unit's current
@@ -271,16 +278,19 @@ class UnitStatistics:
         return self.massive_counts.double() / max(self.n_rows, 1)
 
     def position_variance_explained(self) -> torch.Tensor:
-        """η² of position: between-position sum of squares / total sum of squares, per unit, over the
-        rows without massive entries (a few attention-sink rows would otherwise explain all variance)."""
-        _, mean, m2, _, _ = self.typical_moments
-        present = self.position_counts > 0
-        counts = self.position_counts[present].double()[:, None]
-        means = self.position_sums[present] / counts
-        between = (counts * (means - mean) ** 2).sum(0)
-        return torch.where(m2 > 0, between / m2.clamp(min=1e-300), torch.zeros_like(m2))
+        """η² of position per unit: between-position sum of squares / total sum of squares, over the unit's
+        entries below the first massive multiple (a few attention-sink rows would otherwise explain it)."""
+        counts, sums = self.position_counts, self.position_sums
+        total = counts.sum(0).clamp(min=1)
+        grand = sums.sum(0) ** 2 / total
+        between = (sums**2 / counts.clamp(min=1)).sum(0) - grand
+        spread = self.position_squares - grand
+        return torch.where(
+            spread > 0, (between / spread.clamp(min=1e-300)).clamp(0, 1), torch.zeros_like(spread)
+        )
 
     def position_means(self) -> torch.Tensor:
-        """Mean value per position [positions, width] (NaN where a position never occurred)."""
-        counts = self.position_counts.double()[:, None]
-        return torch.where(counts > 0, self.position_sums / counts.clamp(min=1), torch.nan)
+        """Mean value per position [positions, width], massive entries left out (NaN where none)."""
+        shift = self.shift.double() if self.shift is not None else 0.0
+        counts = self.position_counts
+        return torch.where(counts > 0, self.position_sums / counts.clamp(min=1) + shift, torch.nan)
