@@ -3,6 +3,7 @@ statistics must equal numpy/scipy references however the rows are chunked."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from featurelens.neurons import (
     run_neuron_report,
     save_report,
 )
+from featurelens.neurons.report import checkpoint_path
 from featurelens.neurons.statistics import chunk_moments, merge_moments
 from tests.cli.test_cli import assert_one_line_error, featurelens
 
@@ -247,3 +249,42 @@ def test_cli_writes_the_report_and_refuses_bad_input(planted: dict[str, Any], tm
         featurelens("neurons", "--acts", str(tmp_path), "--out", str(tmp_path / "z")),
         "not an activation store",
     )
+
+
+class Interrupt(Exception):
+    """Stands in for a kill between two chunks."""
+
+
+@pytest.mark.parametrize("source", ["store", "live"])
+def test_an_interrupted_report_resumes_to_the_uninterrupted_result(
+    source: str, planted: dict[str, Any], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    if source == "store":
+        job = NeuronJob(acts=str(planted["store"]), tokens=10**9, chunk_tokens=1000, out=str(tmp_path / "r"))
+    else:
+        job = NeuronJob(
+            model=str(tiny_model_dir), tokens=1024, seq_len=64, batch_size=4, out=str(tmp_path / "r")
+        )
+    whole = run_neuron_report(job)
+    chunks = 0
+
+    def stop_after_two(_n: int, _expected: int) -> None:
+        nonlocal chunks
+        chunks += 1
+        if chunks == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_neuron_report(dataclasses.replace(job, checkpoint_seconds=1e-9), on_rows=stop_after_two)
+    checkpoint = checkpoint_path(job.out)
+    assert checkpoint.is_file()
+    with pytest.raises(NeuronError, match="--resume"):
+        run_neuron_report(job)
+    with pytest.raises(NeuronError, match="other settings"):
+        run_neuron_report(dataclasses.replace(job, resume=True, settings=NeuronSettings(top=5)))
+    resumed = run_neuron_report(dataclasses.replace(job, resume=True))
+    assert resumed.meta["rows"] == whole.meta["rows"]
+    pd.testing.assert_frame_equal(resumed.units.to_pandas(), whole.units.to_pandas())
+    pd.testing.assert_frame_equal(resumed.massive.to_pandas(), whole.massive.to_pandas())
+    save_report(resumed, job.out)
+    assert not checkpoint.exists()

@@ -52,17 +52,19 @@ def live_rows(
     skip_positions: int = 1,
     keep_special: bool = False,
     drop_outliers: bool = True,
+    skip_sequences: int = 0,
 ) -> Iterator[LiveRows]:
     """Rows of ``ceil(n_tokens / seq_len)`` packed sequences, ``batch_size`` sequences per forward pass.
 
     ``limits`` are the per-hook norm limits above which rows are dropped; by default
     :data:`OUTLIER_MULTIPLE` x the median norm of the first forward pass, fixed from then on. With
-    ``drop_outliers=False`` no row is dropped for its norm.
+    ``drop_outliers=False`` no row is dropped for its norm. The first ``skip_sequences`` packed sequences
+    are passed over without running the model (a resumed pass).
     """
     n_sequences = math.ceil(n_tokens / seq_len)
-    packed = islice(pack_sequences(documents(corpus), lm.tokenizer, seq_len), n_sequences)
+    packed = islice(pack_sequences(documents(corpus), lm.tokenizer, seq_len), skip_sequences, n_sequences)
     special = None if keep_special else special_token_ids(lm.tokenizer)
-    first_sequence = 0
+    first_sequence = skip_sequences
     while chunk := list(islice(packed, batch_size)):
         tokens = np.stack([sequence.tokens for sequence in chunk])
         mask = stored_positions(tokens, skip_positions, special)

@@ -54,10 +54,10 @@ def previous_tokens(tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
 
 
 def store_rows(
-    store: ActivationStore, hooks: Sequence[str], n_tokens: int, chunk_tokens: int
+    store: ActivationStore, hooks: Sequence[str], n_tokens: int, chunk_tokens: int, first_row: int = 0
 ) -> Iterator[Rows]:
     """The first ``n_tokens`` rows of ``store`` at ``hooks``, in chunks of whole sequences of about
-    ``chunk_tokens`` rows."""
+    ``chunk_tokens`` rows, starting at ``first_row`` (a chunk boundary of an earlier pass, to resume)."""
     arrays = {hook: store.activations(hook) for hook in hooks}
     n = min(n_tokens, store.n_tokens)
     positions = store.positions[:n]
@@ -65,7 +65,7 @@ def store_rows(
     docs = store.docs[:n]
     previous = previous_tokens(tokens, positions)
     starts = np.flatnonzero(np.diff(sequence_ids(positions), prepend=-1))
-    first = 0
+    first = first_row
     while first < n:
         later = starts[starts >= first + chunk_tokens]
         last = int(later[0]) if len(later) else n
@@ -91,10 +91,13 @@ def live_row_chunks(
     batch_size: int,
     skip_positions: int = 0,
     keep_special: bool = True,
+    skip_sequences: int = 0,
+    first_row: int = 0,
 ) -> Iterator[Rows]:
     """Every kept row of ``n_tokens`` tokens of ``corpus`` run through ``lm``, one chunk per forward pass
-    (no row is dropped for its norm)."""
-    first = 0
+    (no row is dropped for its norm). To resume, ``skip_sequences`` packed sequences are passed over
+    without running the model and rows are numbered from ``first_row``."""
+    first = first_row
     for part in live_rows(
         lm,
         hooks,
@@ -105,6 +108,7 @@ def live_row_chunks(
         skip_positions=skip_positions,
         keep_special=keep_special,
         drop_outliers=False,
+        skip_sequences=skip_sequences,
     ):
         n = len(part.tokens)
         yield Rows(

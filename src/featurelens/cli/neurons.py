@@ -56,6 +56,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=job.out, help="report folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     parser.add_argument(
+        "--resume", action="store_true", help="continue an interrupted report from its last checkpoint"
+    )
+    parser.add_argument(
+        "--checkpoint-seconds",
+        type=float,
+        default=job.checkpoint_seconds,
+        help="seconds between checkpoints of the running state (default 300)",
+    )
+    parser.add_argument(
         "--fire-threshold",
         type=float,
         default=settings.fire_threshold,
@@ -130,6 +139,8 @@ def job_from_args(args: argparse.Namespace) -> NeuronJob:
         batch_size=args.batch_size,
         device=args.device,
         overwrite=args.overwrite,
+        resume=args.resume,
+        checkpoint_seconds=args.checkpoint_seconds,
         settings=settings,
     )
 

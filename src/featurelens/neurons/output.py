@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from featurelens.errors import NeuronError
-from featurelens.neurons.report import NeuronReport
+from featurelens.neurons.report import NeuronReport, checkpoint_path
 
 TABLES = ("layers", "units", "massive", "positional")
 PLOTS = ("sparsity", "kurtosis", "massive", "firing")
@@ -59,6 +59,7 @@ def save_report(report: NeuronReport, out: str | Path, overwrite: bool = False) 
     if out.exists():
         shutil.rmtree(out)
     os.replace(staging, out)
+    checkpoint_path(out).unlink(missing_ok=True)  # the report is whole: its checkpoint is done with
     return out
 
 

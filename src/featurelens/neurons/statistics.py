@@ -145,6 +145,33 @@ class UnitStatistics:
     def n_rows(self) -> int:
         return int(self.moments[0])
 
+    TENSORS = (
+        "minimum", "maximum", "max_abs", "max_abs_row", "massive_counts", "position_sums", "position_counts",
+        "position_squares", "top_values", "top_rows",
+    )  # fmt: skip
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Every running value as a tensor (for a checkpoint); :meth:`load_state` restores it exactly."""
+        tensors = {name: getattr(self, name) for name in self.TENSORS}
+        tensors.update({f"count.{name}": value for name, value in self.counts.items()})
+        tensors.update({f"moment.{i}": value for i, value in enumerate(self.moments[1:])})
+        tensors.update({f"event.{i}": value for i, value in enumerate(self.events)})
+        scalars = [self.moments[0], float("nan") if self.median_abs is None else self.median_abs]
+        tensors["scalars"] = torch.tensor(scalars, dtype=torch.float64)
+        if self.shift is not None:
+            tensors["shift"] = self.shift
+        return {name: tensor.contiguous() for name, tensor in tensors.items()}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        for name in self.TENSORS:
+            setattr(self, name, tensors[name])
+        self.counts = {name: tensors[f"count.{name}"] for name in self.counts}
+        n, median = tensors["scalars"].tolist()
+        self.moments = (n, *(tensors[f"moment.{i}"] for i in range(4)))
+        self.events = (tensors["event.0"], tensors["event.1"], tensors["event.2"])
+        self.median_abs = None if median != median else median
+        self.shift = tensors.get("shift")
+
     def update(self, x: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> None:
         """Add rows ``x`` [n, width] (float32); ``rows`` are their ids (0, 1, ... over the stream) and
         ``positions`` their positions in their sequences, both int64 [n]."""
