@@ -1,5 +1,6 @@
 """A real `featurelens serve` process over a planted atlas (latent j fires on token j of a tiny llama), and
-over a neuron atlas of the tiny llama beside a synthetic neuron report whose notable units are planted."""
+over a neuron atlas of the tiny llama beside a synthetic neuron report whose notable units are planted and
+probe results whose best units are planted."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import httpx
@@ -21,7 +23,11 @@ from featurelens.atlas import AtlasJob, AtlasSettings, build_atlas
 from featurelens.capture.rows import Rows, previous_tokens
 from featurelens.explain import ExplainJob, explain_atlas
 from featurelens.neurons import NeuronSettings, report_from_rows, save_report
+from featurelens.probes import Labels, ProbeSettings, cross_validate
+from featurelens.probes.run import save_probe
 from tests.atlas.conftest import planted_atlas
+from tests.neurons.test_report import TOKEN as TOKEN_CHANNEL
+from tests.neurons.test_report import planted_rows, write_store
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "web"
 SETTINGS = AtlasSettings(top_k=6, before=4, after=2, quantile_bins=4, per_bin=3, negatives=5)
@@ -34,6 +40,15 @@ DEAD, MASSIVE, TOKEN_UNIT, POSITIONAL = 5, 9, 11, 13  # units of NEURON_HOOK
 OTHER_DEAD, OTHER_MASSIVE = 7, 3  # units of OTHER_HOOK
 TOKEN = 7  # the token TOKEN_UNIT fires on
 MASSIVE_VALUE, OTHER_MASSIVE_VALUE = 1000.0, 300.0  # the hooks' median |x| is about 0.67
+
+# The planted probe results: `featurelens probe` on a store of NEURON_HOOK whose channel PROBED_UNIT fires
+# exactly on one token, for the label "that channel > 1"; and, at OTHER_HOOK, a label that is the sign of the
+# sum of OTHER_PROBED_UNITS, probed for k in OTHER_PROBE_KS.
+PROBED_UNIT = TOKEN_CHANNEL
+PROBE_KS = (1, 2)
+OTHER_PROBED_UNITS = (3, 11, 17, 29)
+OTHER_PROBE_KS = (1, 2, 4, 8)
+OTHER_PROBE_FOLDS = 4
 
 
 def plant_neuron_report(out: Path) -> Path:
@@ -63,6 +78,59 @@ def plant_neuron_report(out: Path) -> Path:
     report = report_from_rows(iter([rows]), list(REPORT_WIDTHS), NeuronSettings())
     report.meta.update(source="synthetic", model="tiny-llama")
     return save_report(report, out)
+
+
+def probe_a_store(root: Path, tiny_model_dir: Path) -> Path:
+    """`featurelens probe` of NEURON_HOOK in a store of planted rows (24 channels); label: PROBED_UNIT > 1."""
+    store = write_store(root / "acts", planted_rows(), str(tiny_model_dir))
+    rows = planted_rows()
+    np.save(root / "labels.npy", (rows["x"][:, PROBED_UNIT] > 1).astype(np.int64))
+    out = root / "probe"
+    command = [
+        sys.executable,
+        "-m",
+        "featurelens.cli.main",
+        "probe",
+        "--acts",
+        str(store),
+        "--hook",
+        NEURON_HOOK,
+        "--tokens",
+        str(len(rows["tokens"])),
+        "--labels",
+        str(root / "labels.npy"),
+        "--k",
+        ",".join(map(str, PROBE_KS)),
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def plant_probe(out: Path, hook: str = OTHER_HOOK, dictionary: str | None = None) -> Path:
+    """Probe results (saved as `featurelens probe` saves them) of ``hook``, 64 units of noise, for a label
+    that is the sign of the sum of OTHER_PROBED_UNITS; the fifth unit's ranking score and the shuffled
+    probe's spread are then made NaN, as a run writes them for a constant unit or an empty probe."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(1200, 64))
+    label = Labels(
+        "planted sum", x[:, list(OTHER_PROBED_UNITS)].sum(1) > 0, np.ones(1200, bool), "classification"
+    )
+    settings = ProbeSettings(ks=OTHER_PROBE_KS, folds=OTHER_PROBE_FOLDS)
+    result = cross_validate(x, label, np.repeat(np.arange(40), 30), settings)
+    meta: dict[str, object] = {"source": "synthetic", "model": "tiny-llama", "hook": hook, "units": 64}
+    meta.update(rows=1200, documents=40, settings=asdict(settings), seconds=0.0)
+    if dictionary is not None:
+        meta["dictionary"] = dictionary
+    save_probe([result], meta, out, overwrite=True)
+    written = json.loads((out / "results.json").read_text())
+    written["targets"][0]["units"][4][1] = float("nan")
+    written["targets"][0]["std"]["shuffled"] = float("nan")
+    (out / "results.json").write_text(json.dumps(written, allow_nan=True))
+    return out
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -157,10 +225,28 @@ def neuron_report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def circuit_server(atlas_path: Path, circuit_dir: Path, neuron_report_dir: Path) -> Iterator[str]:
+def probe_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    return probe_a_store(tmp_path_factory.mktemp("probe"), tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def other_probe_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return plant_probe(tmp_path_factory.mktemp("other-probe") / "probe")
+
+
+@pytest.fixture(scope="session")
+def circuit_server(
+    atlas_path: Path, circuit_dir: Path, neuron_report_dir: Path, probe_dir: Path
+) -> Iterator[str]:
     """Every optional view at once (so the schema fuzzing reaches every endpoint's 200 reply)."""
     process, url = start_server(
-        atlas_path, "--circuit", str(circuit_dir), "--neurons", str(neuron_report_dir)
+        atlas_path,
+        "--circuit",
+        str(circuit_dir),
+        "--neurons",
+        str(neuron_report_dir),
+        "--probe",
+        str(probe_dir),
     )
     yield url
     process.terminate()
@@ -182,6 +268,15 @@ def neuron_atlas_path(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: 
 @pytest.fixture(scope="session")
 def neuron_server(neuron_atlas_path: Path, neuron_report_dir: Path) -> Iterator[str]:
     process, url = start_server(neuron_atlas_path, "--neurons", str(neuron_report_dir))
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def probe_server(neuron_atlas_path: Path, probe_dir: Path, other_probe_dir: Path) -> Iterator[str]:
+    """The neuron atlas of NEURON_HOOK beside both probe results (only the first's units have pages)."""
+    process, url = start_server(neuron_atlas_path, "--probe", str(probe_dir), "--probe", str(other_probe_dir))
     yield url
     process.terminate()
     process.wait(timeout=30)

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Route, sync_playwright
 
-from tests.serve.conftest import ARTIFACTS, DEAD, NEURON_HOOK, OTHER_DEAD, OTHER_HOOK
+from tests.serve.conftest import ARTIFACTS, DEAD, NEURON_HOOK, OTHER_DEAD, OTHER_HOOK, PROBED_UNIT
 
 pytestmark = pytest.mark.browser
 
@@ -175,3 +175,30 @@ def test_the_neuron_view_draws_its_tables_and_opens_unit_pages(browser: Browser,
         tab.wait_for_function(f"location.hash === '#/feature/{DEAD}'")
         tab.wait_for_selector("#top-contexts")
         assert tab.locator("h1").inner_text() == f"Feature {DEAD}"
+
+
+def test_the_probe_view_draws_its_charts_and_opens_unit_pages(browser: Browser, probe_server: str) -> None:
+    served = httpx.get(f"{probe_server}/api/probe").json()
+    with local_tab(browser, probe_server) as tab:
+        tab.goto(probe_server)
+        tab.wait_for_selector("#probe-link")
+        tab.click("#probe-link")
+        tab.wait_for_selector("svg.probe-chart")
+        targets = [target for probe in served["probes"] for target in probe["targets"]]
+        assert tab.locator("svg.probe-chart").count() == len(targets) == 2
+        for chart, target in zip(tab.locator("svg.probe-chart").all(), targets, strict=True):
+            ks = [s["k"] for s in target["scores"] if s["k"] is not None]
+            assert chart.locator("circle.sparse").count() == len(ks)
+            assert chart.locator("line.baseline").count() == 3  # dense, majority, shuffled
+        main = tab.inner_text("main")
+        assert "null" not in main and "undefined" not in main and "NaN" not in main
+        linked = tab.locator(f'section.probe[data-hook="{NEURON_HOOK}"] table.probe-units a.unit-link')
+        unlinked = tab.locator(f'section.probe[data-hook="{OTHER_HOOK}"] table.probe-units a')
+        assert linked.count() == len(served["probes"][0]["targets"][0]["units"]) and unlinked.count() == 0
+        shot(tab, "probe")
+        tab.locator(
+            f'section.probe[data-hook="{NEURON_HOOK}"] tr[data-unit="{PROBED_UNIT}"] a.unit-link'
+        ).click()
+        tab.wait_for_function(f"location.hash === '#/feature/{PROBED_UNIT}'")
+        tab.wait_for_selector("#top-contexts")
+        assert tab.locator("h1").inner_text() == f"Feature {PROBED_UNIT}"

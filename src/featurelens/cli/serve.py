@@ -1,5 +1,5 @@
 """Browse an atlas in a local web app: overview, feature pages, search, try your own text, steering, and
-optionally a circuit and a neuron report beside it.
+optionally a circuit, a neuron report and probe results beside it.
 
 Serves the atlas's own data and the app's own assets (no CDN: works offline) on 127.0.0.1 unless --host
 says otherwise. The model and dictionary the atlas was built from load on first use of "try your own
@@ -11,6 +11,8 @@ examples:
   featurelens serve runs/demo/atlas.sqlite --host 0.0.0.0  # reachable from other machines (warned)
   featurelens serve runs/demo/atlas.sqlite --circuit runs/circuit   # plus the circuit view (#/circuit)
   featurelens serve runs/neurons.sqlite --neurons runs/neurons     # plus the neuron report (#/neurons)
+  featurelens serve runs/neurons.sqlite --probe runs/probe         # plus probe results (#/probe)
+  featurelens serve runs/neurons.sqlite --probe runs/probe-l1 --probe runs/probe-l2   # several
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from rich.console import Console
 
 from featurelens.errors import FeatureLensError
 
-HELP = "browse an atlas in a local web app (search, feature pages, try text, steer, circuits, neurons)"
+HELP = (
+    "browse an atlas in a local web app (search, feature pages, try text, steer, circuits, neurons, probes)"
+)
 
 
 class ServeError(FeatureLensError):
@@ -46,6 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also show this neuron report (a `featurelens neurons` folder), units linked to "
         "the atlas's pages when it is a neuron atlas of their hook",
     )
+    parser.add_argument(
+        "--probe",
+        action="append",
+        default=[],
+        metavar="FOLDER",
+        help="also show these probe results (a `featurelens probe` folder; repeat for several), units "
+        "linked to the atlas's pages when it maps their hook (neurons) or dictionary (features)",
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -64,7 +76,12 @@ def main(args: argparse.Namespace) -> int:
         raise ServeError(f"--port must be between 1 and 65535, got {args.port}")
     console = Console(stderr=True)
     app = create_app(
-        args.atlas, model=args.model, device=args.device, circuit=args.circuit, neurons=args.neurons
+        args.atlas,
+        model=args.model,
+        device=args.device,
+        circuit=args.circuit,
+        neurons=args.neurons,
+        probes=args.probe,
     )
     if not is_loopback(args.host):
         console.print(

@@ -3,7 +3,7 @@
 Routes (the OpenAPI schema is at ``/openapi.json``):
 
     GET  /                          the single-page app (overview, #/feature/ID, #/try, #/steer, #/circuit,
-                                    #/neurons)
+                                    #/neurons, #/probe)
     GET  /static/...                its script and style sheet, served from the package only
     GET  /api/meta                  model, hook, dictionary, evaluation, settings
     GET  /api/densities             histogram of log10 feature densities, and the dead count
@@ -12,6 +12,7 @@ Routes (the OpenAPI schema is at ``/openapi.json``):
     GET  /api/search?q=...          features whose top / output tokens (or explanations) match
     GET  /api/circuit               the circuit being shown (``--circuit``), nodes linked to atlas pages
     GET  /api/neurons               the neuron report being shown (``--neurons``), units linked to atlas pages
+    GET  /api/probe                 the probe results being shown (``--probe``), units linked to atlas pages
     GET  /api/model                 state of the live model: idle, loading, ready, failed
     POST /api/activations           {"text"} -> each token's strongest features (loads the model lazily)
     POST /api/steer                 {"prompt", "features": [{"id", "strength"}], "mode", "max_new_tokens"}
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -43,6 +45,7 @@ from featurelens.neurons import load_report
 from featurelens.serve.circuit import CircuitView, circuit_view
 from featurelens.serve.live import LiveModel, ModelBusy, Steering, TokenFeatures
 from featurelens.serve.neurons import NeuronView, neuron_view
+from featurelens.serve.probe import ProbeViews, probe_views
 
 MAX_TEXT_CHARS = 2000
 MAX_NEW_TOKENS = 64
@@ -66,6 +69,7 @@ class Meta(BaseModel):
     live_model: str
     circuit: bool  # whether /api/circuit has a circuit to show
     neurons: bool  # whether /api/neurons has a neuron report to show
+    probe: bool  # whether /api/probe has probe results to show
 
 
 class Densities(BaseModel):
@@ -146,7 +150,7 @@ class SteerRequest(StrictBody):
 
 ERRORS = {
     400: "a request the atlas or model cannot serve (e.g. a body that is not JSON)",
-    404: "no such feature, circuit or neuron report",
+    404: "no such feature, circuit, neuron report or probe result",
     422: "a parameter or body field of the wrong type or out of range",
     429: "the model is loading; retry after the Retry-After seconds",
 }
@@ -180,12 +184,15 @@ def create_app(
     device: str | None = None,
     circuit: str | Path | None = None,
     neurons: str | Path | None = None,
+    probes: Sequence[str | Path] = (),
 ) -> FastAPI:
-    """The app serving ``atlas_path`` (and the circuit file ``circuit`` and the neuron report folder
-    ``neurons``, if given); ``model`` overrides the model named in the atlas."""
+    """The app serving ``atlas_path`` (and the circuit file ``circuit``, the neuron report folder
+    ``neurons`` and the probe result folders ``probes``, if given); ``model`` overrides the model named in
+    the atlas."""
     atlas = Atlas.open(atlas_path)
     graph = circuit_view(read_circuit(circuit), atlas.meta) if circuit is not None else None
     report = neuron_view(load_report(neurons), atlas.meta) if neurons is not None else None
+    probed = probe_views(probes, atlas.meta) if probes else None
     served = _Served(atlas, LiveModel(atlas.meta, model=model, device=device), threading.Lock())
     app = FastAPI(
         title="featurelens",
@@ -229,6 +236,7 @@ def create_app(
             live_model=served.live.model_spec,
             circuit=graph is not None,
             neurons=report is not None,
+            probe=probed is not None,
         )
 
     @app.get("/api/densities")
@@ -299,6 +307,14 @@ def create_app(
                 404, "no neuron report is served; start with featurelens serve ATLAS --neurons FOLDER"
             )
         return report
+
+    @app.get("/api/probe", responses=errors(404))
+    def probe_results() -> ProbeViews:
+        if probed is None:
+            raise HTTPException(
+                404, "no probe result is served; start with featurelens serve ATLAS --probe FOLDER"
+            )
+        return probed
 
     @app.get("/api/model")
     def model_state() -> ModelState:

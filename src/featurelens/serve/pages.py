@@ -1,4 +1,4 @@
-"""Which page of the served atlas shows a unit of the model: shared by the circuit and neuron views."""
+"""Which page of the served atlas shows a unit of the model: shared by the circuit, neuron and probe views."""
 
 from __future__ import annotations
 

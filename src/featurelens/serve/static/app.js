@@ -1,4 +1,5 @@
-// featurelens web app: one page, six views (#/, #/feature/ID, #/try, #/steer, #/circuit, #/neurons), built on /api.
+// featurelens web app: one page, seven views (#/, #/feature/ID, #/try, #/steer, #/circuit, #/neurons, #/probe),
+// built on /api.
 "use strict";
 
 const view = document.getElementById("view");
@@ -433,6 +434,82 @@ async function neuronView() {
   );
 }
 
+const PROBE_LINES = [["dense", "dense probe"], ["majority", "majority"], ["shuffled", "shuffled labels"]];
+
+function accuracyChart(target) {  // k-sparse score against k (log2), the dense probe and baselines as lines
+  const width = 360, height = 214, left = 52, right = 14, top = 10, bottom = 58;
+  const sparse = target.scores.filter((s) => s.k !== null && s.mean !== null);
+  const lines = PROBE_LINES.map(([probe, label]) => [target.scores.find((s) => s.probe === probe), probe, label])
+    .filter(([score]) => score && score.mean !== null);
+  const values = [...sparse, ...lines.map(([score]) => score)].map((s) => s.mean);
+  const low = Math.max(-1, Math.min(0, ...values)), high = Math.max(1, ...values);
+  const logs = sparse.map((s) => Math.log2(s.k));
+  const first = Math.min(...logs), span = Math.max(...logs) - first;
+  const x = (k) => left + (span > 0 ? (Math.log2(k) - first) / span : 0.5) * (width - left - right);
+  const y = (v) => top + (1 - (Math.max(low, v) - low) / (high - low)) * (height - top - bottom);
+  const svg = svgEl("svg", { class: "probe-chart", width, height, viewBox: `0 0 ${width} ${height}`,
+    "data-target": target.name });
+  svg.append(svgEl("line", { x1: left, y1: top, x2: left, y2: height - bottom, class: "axis" }));
+  svg.append(svgEl("line", { x1: left, y1: height - bottom, x2: width - right, y2: height - bottom, class: "axis" }));
+  for (const tick of [low, (low + high) / 2, high]) {
+    svg.append(svgEl("text", { x: left - 4, y: y(tick) + 3, "text-anchor": "end" }, fmt(tick, 2)));
+  }
+  const middle = top + (height - top - bottom) / 2;
+  svg.append(svgEl("text", { x: 10, y: middle, "text-anchor": "middle", transform: `rotate(-90 10 ${middle})` },
+    target.metric));
+  for (const [score, probe, label] of lines) {
+    const line = svgEl("line", { x1: left, x2: width - right, y1: y(score.mean), y2: y(score.mean), class: `baseline ${probe}` });
+    line.append(svgEl("title", {}, `${label}: ${fmt(score.mean)} ± ${fmt(score.std, 2)}`));
+    svg.append(line);
+  }
+  svg.append(svgEl("polyline", { class: "sparse", points: sparse.map((s) => `${x(s.k)},${y(s.mean)}`).join(" ") }));
+  for (const s of sparse) {
+    const dot = svgEl("circle", { cx: x(s.k), cy: y(s.mean), r: 3.5, class: "sparse", "data-k": s.k });
+    dot.append(svgEl("title", {}, `k = ${s.k}: ${fmt(s.mean)} ± ${fmt(s.std, 2)}`));
+    svg.append(dot, svgEl("text", { x: x(s.k), y: height - bottom + 13, "text-anchor": "middle" }, s.k));
+  }
+  svg.append(svgEl("text", { x: (left + width - right) / 2, y: height - bottom + 27, "text-anchor": "middle" },
+    "k (units, log scale)"));
+  const legend = [["sparse", "k-sparse", null], ...lines.map(([score, probe, label]) => [probe, label, score.mean])];
+  legend.forEach(([probe, label, mean], i) => {  // two rows of two under the axis
+    const lx = left + (i % 2) * 150, ly = height - 18 + Math.floor(i / 2) * 13;
+    svg.append(svgEl("line", { x1: lx, x2: lx + 16, y1: ly - 3, y2: ly - 3, class: `key ${probe}` }),
+      svgEl("text", { x: lx + 20, y: ly }, mean === null ? label : `${label} ${fmt(mean, 2)}`));
+  });
+  return svg;
+}
+
+async function probeView() {
+  const { probes, atlas_hook: atlasHook, atlas_kind: atlasKind } = await api("/api/probe");
+  put(
+    el("h1", {}, "Probes"),
+    el("p", { class: "muted" }, `Units link to their pages when the served atlas maps them: a neuron atlas of the ` +
+      `probe's hook for its channels, an atlas of the probe's dictionary for its features (this atlas maps ` +
+      `${atlasKind === "neurons" ? "the neurons" : "a dictionary"} of ${atlasHook}).`),
+    probes.map((probe) => el("section", { class: "probe", "data-hook": probe.hook },
+      el("h2", {}, `${probe.hook}: ${probe.unit_kind === "feature" ? "dictionary features" : "units"}`),
+      el("div", { class: "stats" },
+        el("span", {}, el("b", {}, probe.units.toLocaleString()), ` ${probe.unit_kind}s`),
+        el("span", {}, el("b", {}, probe.rows.toLocaleString()), ` rows, ${probe.documents} documents (${probe.source})`),
+        probe.model ? el("span", {}, "model ", el("b", {}, probe.model)) : null,
+        probe.dictionary ? el("span", {}, "dictionary ", el("b", {}, probe.dictionary)) : null,
+        el("span", { class: "muted" }, probe.folder)),
+      el("div", { class: "probe-targets" }, probe.targets.map((target) => el("div", { class: "panel probe-target",
+        "data-target": target.name },
+      el("h3", {}, target.name),
+      el("p", { class: "muted" }, `${target.kind}, ${target.rows.toLocaleString()} rows` +
+        (Object.keys(target.balance).length ? ` (${Object.entries(target.balance).map(([c, n]) => `${c}: ${n}`).join(", ")})` : "") +
+        `, ${target.folds} folds` + (target.skipped_folds.length ? `, ${target.skipped_folds.length} skipped` : "")),
+      accuracyChart(target),
+      el("table", { class: "probe-units" },
+        el("thead", {}, el("tr", {}, ["rank", probe.unit_kind, `score (${probe.settings.ranking ?? "ranking"})`,
+          `picked at k = ${target.largest_k ?? "—"}`].map((h) => el("th", {}, h)))),
+        el("tbody", {}, target.units.map((u) => el("tr", { "data-unit": u.unit },
+          el("td", { class: "num" }, u.rank + 1), el("td", {}, unitLink(u, atlasHook)),
+          el("td", { class: "num" }, fmt(u.score)), el("td", { class: "num" }, `${u.folds_picked} / ${target.folds}`)))))))))),
+  );
+}
+
 async function render() {
   const hash = decodeURIComponent(location.hash.slice(1)) || "/";
   try {
@@ -443,6 +520,7 @@ async function render() {
     else if ((match = hash.match(/^\/search\/(.+)$/))) await searchView(match[1]);
     else if (hash.startsWith("/circuit")) await circuitView();
     else if (hash.startsWith("/neurons")) await neuronView();
+    else if (hash.startsWith("/probe")) await probeView();
     else await overview();
   } catch (error) {
     put(el("p", { class: "error" }, error.message));
@@ -455,9 +533,10 @@ document.getElementById("search-form").addEventListener("submit", (event) => {
   if (query) location.hash = `#/search/${encodeURIComponent(query)}`;
 });
 window.addEventListener("hashchange", render);
-api("/api/meta").then((meta) => {  // the circuit and neuron links only when they are served
+api("/api/meta").then((meta) => {  // the circuit, neuron and probe links only when they are served
   const nav = document.querySelector("nav");
   if (meta.circuit) nav.append(el("a", { href: "#/circuit", id: "circuit-link" }, "circuit"));
   if (meta.neurons) nav.append(el("a", { href: "#/neurons", id: "neurons-link" }, "neurons"));
+  if (meta.probe) nav.append(el("a", { href: "#/probe", id: "probe-link" }, "probes"));
 }).catch(() => {});
 render();
