@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from featurelens.errors import NeuronError
+from featurelens.jsonio import finite
 from featurelens.neurons.report import NeuronReport, checkpoint_path
 
 TABLES = ("layers", "units", "massive", "positional")
@@ -53,7 +54,7 @@ def save_report(report: NeuronReport, out: str | Path, overwrite: bool = False) 
     for name in TABLES:
         pq.write_table(getattr(report, name), staging / f"{name}.parquet")
     payload = {"format": "featurelens.neurons", **report.meta, "layers": report.layers.to_pylist()}
-    (staging / "report.json").write_text(json.dumps(_finite(payload), indent=1))
+    (staging / "report.json").write_text(json.dumps(finite(payload), indent=1))
     draw_plots(report, staging)
     (staging / "report.html").write_text(report_html(report, staging))
     if out.exists():
@@ -88,17 +89,6 @@ def load_report(path: str | Path) -> NeuronReport:
         raise NeuronError(f"{folder}/report.json is not a featurelens neuron report")
     meta = {k: v for k, v in meta.items() if k not in ("format", "layers")}
     return NeuronReport(meta=meta, **tables)
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN/Infinity: such floats become null."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _by_point(layers: pa.Table) -> dict[str, dict[str, np.ndarray]]:
@@ -198,7 +188,7 @@ def notable_units(units: pa.Table, limit: int = 20) -> dict[str, list[dict[str, 
             continue
         values = np.nan_to_num(picked.column(score).to_numpy(zero_copy_only=False), nan=0.0)
         order = np.argsort(-values if kind not in ("dead",) else values, kind="stable")[:limit]
-        found[kind] = [_finite(r) for r in picked.take(pa.array(order)).to_pylist()]
+        found[kind] = [finite(r) for r in picked.take(pa.array(order)).to_pylist()]
     return found
 
 

@@ -33,6 +33,7 @@ from featurelens.capture.store import ActivationStore
 from featurelens.corpus import CorpusConfig
 from featurelens.dictionaries import Dictionary
 from featurelens.errors import FeatureLensError, ProbeError
+from featurelens.jsonio import finite
 from featurelens.models import load_model, load_tokenizer
 from featurelens.probes.experiment import ProbeResult, ProbeSettings, cross_validate
 from featurelens.probes.labels import Labels, contexts, file_labels, predicate_labels, target_labels
@@ -214,7 +215,7 @@ def save_probe(results: list[ProbeResult], meta: dict[str, Any], out: str | Path
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     payload = {"format": "featurelens.probe", **meta, "targets": [r.summary() for r in results]}
-    (staging / "results.json").write_text(json.dumps(payload, indent=1, allow_nan=True))
+    (staging / "results.json").write_text(json.dumps(finite(payload), indent=1))
     score_rows: list[dict[str, Any]] = []
     unit_rows: list[dict[str, Any]] = []
     for result in results:

@@ -9,13 +9,13 @@ that are among the largest of some layer.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
 
+from featurelens.jsonio import finite
 from featurelens.neurons import NeuronReport, notable_units
 from featurelens.serve.pages import atlas_page
 
@@ -114,17 +114,6 @@ class NeuronView(BaseModel):
     notable: list[NotableUnits]
     atlas_hook: str
     atlas_kind: str
-
-
-def finite(value: Any) -> Any:
-    """JSON has no NaN or Infinity: such floats become null (in dicts and lists too)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
-    return value
 
 
 def layer_summary(row: dict[str, Any]) -> LayerSummary:

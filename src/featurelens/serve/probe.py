@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from featurelens.errors import ProbeError
-from featurelens.serve.neurons import finite
+from featurelens.jsonio import finite
 from featurelens.serve.pages import atlas_page
 
 TOP_UNITS = 16
@@ -34,10 +34,10 @@ class WrittenTarget(BaseModel):
     metric: str
     rows: int
     balance: dict[str, int]
-    scores: dict[str, list[float]]
-    mean: dict[str, float]
-    std: dict[str, float]
-    units: list[tuple[int, float]]
+    scores: dict[str, list[float | None]]  # results.json writes NaN as null
+    mean: dict[str, float | None]
+    std: dict[str, float | None]
+    units: list[tuple[int, float | None]]
     picked: dict[int, dict[int, int]]
     skipped_folds: list[str] = []
 
