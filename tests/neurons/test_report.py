@@ -147,17 +147,17 @@ def test_statistics_equal_numpy_and_scipy(planted: dict[str, Any]) -> None:
 
 
 def test_position_variance_explained_equals_a_groupby(planted: dict[str, Any]) -> None:
-    """Per unit, over its entries below 100x the median magnitude (its own massive entries left out)."""
+    """Over the rows that are not sink rows (norm above 10x the median row norm): the massive positions."""
     rows = planted["rows"]
-    limit = 100 * planted["report"].layers.to_pylist()[0]["median_abs"]
-    expected = []
-    for unit in range(WIDTH):
-        kept = np.abs(rows["x"][:, unit]) < limit
-        x, positions = rows["x"][kept, unit].astype(np.float64), rows["positions"][kept]
-        counts = np.bincount(positions)
-        present = counts > 0
-        means = np.bincount(positions, weights=x)[present] / counts[present]
-        expected.append((counts[present] * (means - x.mean()) ** 2).sum() / ((x - x.mean()) ** 2).sum())
+    norms = np.linalg.norm(rows["x"], axis=1)
+    typical = norms <= 10 * np.median(norms)
+    assert (~typical).sum() == N_SEQ == planted["report"].layers.to_pylist()[0]["sink_rows"]
+    x, positions = rows["x"][typical].astype(np.float64), rows["positions"][typical]
+    counts = np.bincount(positions)
+    present = counts > 0
+    sums = np.stack([np.bincount(positions, weights=x[:, j]) for j in range(WIDTH)], 1)
+    means = sums[present] / counts[present, None]
+    expected = (counts[present, None] * (means - x.mean(0)) ** 2).sum(0) / ((x - x.mean(0)) ** 2).sum(0)
     np.testing.assert_allclose(planted["units"]["position_r2"], expected, rtol=1e-4, atol=1e-5)
     assert planted["units"]["position_r2"][MASSIVE] < 0.1  # its sinks alone would make it "positional"
 

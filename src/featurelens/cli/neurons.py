@@ -89,6 +89,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="outlier channel: beyond --outlier-multiple on at least this fraction of rows (default 0.001)",
     )
     parser.add_argument(
+        "--sink-multiple",
+        type=float,
+        default=settings.sink_multiple,
+        help="sink rows (left out of the position statistics): norm > this x the median row norm",
+    )
+    parser.add_argument(
         "--massive",
         default=",".join(f"{m:g}" for m in settings.massive),
         help="massive-activation multiples of the layer's median |x| (default 100,1000)",
@@ -123,6 +129,7 @@ def job_from_args(args: argparse.Namespace) -> NeuronJob:
         near_zero=args.near_zero,
         outlier_multiple=args.outlier_multiple,
         outlier_rate=args.outlier_rate,
+        sink_multiple=args.sink_multiple,
         massive=_multiples(args.massive),
         always_on=args.always_on,
         top=args.top,

@@ -10,14 +10,16 @@ float64 where it sums:
   (|x| <= ``near_zero`` x the hook's median magnitude: the "lazy neuron" statistic), exceeds
   ``outlier_multiple`` x that median (what quantization cares about), and is massive (>= each of
   ``massive`` x that median: the "massive activations" of attention-sink rows);
-* the count, sum and sum of squares of its values per position, leaving out its own massive entries (so
-  the variance explained by position is exact, and not decided by a few attention-sink rows);
+* the count, sum and sum of squares of its values per position, leaving out *sink rows* (rows whose norm
+  exceeds ``sink_multiple`` x the median row norm, as a store flags outlier rows): the variance explained by
+  position is exact, and not decided by a few attention-sink rows that are reported apart;
 * its ``top`` largest values and their rows (merged by one top-k per chunk: exact), from which the tokens
   that explain its strong activations are read at the end;
 * the hook's ``massive_events`` largest-magnitude massive entries (value, row, unit).
 
 The hook's median magnitude, which the relative thresholds use, is the median |x| over every entry of the
-first chunk, fixed from then on (recorded in the report), so one pass suffices.
+first chunk, and its median row norm that of the first chunk's rows, fixed from then on (both recorded in
+the report), so one pass suffices.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class NeuronSettings:
     near_zero: float = 0.01
     outlier_multiple: float = 20.0
     outlier_rate: float = 0.001
+    sink_multiple: float = 10.0
     massive: tuple[float, ...] = (100.0, 1000.0)
     always_on: float = 0.99
     top: int = 128
@@ -51,6 +54,7 @@ class NeuronSettings:
             (self.near_zero >= 0, f"--near-zero must be >= 0, got {self.near_zero}"),
             (self.outlier_multiple > 1, f"--outlier-multiple must exceed 1, got {self.outlier_multiple}"),
             (0 < self.outlier_rate <= 1, f"--outlier-rate must be in (0, 1], got {self.outlier_rate}"),
+            (self.sink_multiple > 1, f"--sink-multiple must exceed 1, got {self.sink_multiple}"),
             (
                 len(self.massive) > 0 and all(m > 1 for m in self.massive),
                 f"--massive multiples must each exceed 1, got {self.massive}",
@@ -122,6 +126,8 @@ class UnitStatistics:
         self.width = width
         self.settings = settings
         self.median_abs: float | None = None
+        self.median_norm: float | None = None
+        self.sink_rows = 0
         zeros = torch.zeros(width, dtype=torch.float64)
         self.moments: Moments = (0.0, zeros, zeros, zeros, zeros)
         self.minimum = torch.full((width,), float("inf"), dtype=torch.float64)
@@ -156,7 +162,8 @@ class UnitStatistics:
         tensors.update({f"count.{name}": value for name, value in self.counts.items()})
         tensors.update({f"moment.{i}": value for i, value in enumerate(self.moments[1:])})
         tensors.update({f"event.{i}": value for i, value in enumerate(self.events)})
-        scalars = [self.moments[0], float("nan") if self.median_abs is None else self.median_abs]
+        medians = [float("nan") if m is None else m for m in (self.median_abs, self.median_norm)]
+        scalars = [self.moments[0], *medians, float(self.sink_rows)]
         tensors["scalars"] = torch.tensor(scalars, dtype=torch.float64)
         if self.shift is not None:
             tensors["shift"] = self.shift
@@ -166,10 +173,12 @@ class UnitStatistics:
         for name in self.TENSORS:
             setattr(self, name, tensors[name])
         self.counts = {name: tensors[f"count.{name}"] for name in self.counts}
-        n, median = tensors["scalars"].tolist()
+        n, median, median_norm, sinks = tensors["scalars"].tolist()
         self.moments = (n, *(tensors[f"moment.{i}"] for i in range(4)))
         self.events = (tensors["event.0"], tensors["event.1"], tensors["event.2"])
         self.median_abs = None if median != median else median
+        self.median_norm = None if median_norm != median_norm else median_norm
+        self.sink_rows = int(sinks)
         self.shift = tensors.get("shift")
 
     def update(self, x: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> None:
@@ -198,12 +207,20 @@ class UnitStatistics:
         massive = [magnitude >= multiple * median for multiple in s.massive]
         for i, mask in enumerate(massive):
             self.massive_counts[i] += _counts(mask)
-        self._add_positions(x, positions, ~massive[0])
+        norms = x.norm(dim=1)
+        if self.median_norm is None:
+            self.median_norm = float(norms.median())
+        typical = norms <= s.sink_multiple * self.median_norm
+        self.sink_rows += int((~typical).sum())
+        if typical.all():
+            self._add_positions(x, positions)
+        elif typical.any():
+            self._add_positions(x[typical], positions[typical])
         self._merge_top(x, rows)
         self._merge_events(x, magnitude, rows, min(s.massive) * median)
 
-    def _add_positions(self, x: torch.Tensor, positions: torch.Tensor, kept: torch.Tensor) -> None:
-        """Per-position counts, sums and the sum of squares of each unit's ``kept`` [n, width] entries."""
+    def _add_positions(self, x: torch.Tensor, positions: torch.Tensor) -> None:
+        """Per-position counts and sums [positions, width], and the sum of squares [width], of rows ``x``."""
         if self.shift is None:
             self.shift = x.mean(0)
         needed = int(positions.max()) + 1
@@ -219,13 +236,7 @@ class UnitStatistics:
         # a one-hot [positions, n] matrix product sums rows per position ~7x faster than index_add_
         one_hot = torch.zeros(needed, len(x))
         one_hot[positions, torch.arange(len(x))] = 1.0
-        if kept.all():
-            per_position = torch.bincount(positions, minlength=needed)[:needed, None].double()
-            self.position_counts[:needed] += per_position
-        else:
-            kept_float = kept.float()
-            shifted = shifted * kept_float
-            self.position_counts[:needed] += (one_hot @ kept_float).double()
+        self.position_counts[:needed] += torch.bincount(positions, minlength=needed)[:needed, None].double()
         self.position_sums[:needed] += (one_hot @ shifted).double()
         self.position_squares += (shifted * shifted).sum(0).double()
 
@@ -307,8 +318,8 @@ class UnitStatistics:
         return self.massive_counts.double() / max(self.n_rows, 1)
 
     def position_variance_explained(self) -> torch.Tensor:
-        """η² of position per unit: between-position sum of squares / total sum of squares, over the unit's
-        entries below the first massive multiple (a few attention-sink rows would otherwise explain it)."""
+        """η² of position per unit: between-position sum of squares / total sum of squares, over rows that
+        are not sink rows (a few attention-sink rows would otherwise explain it)."""
         counts, sums = self.position_counts, self.position_sums
         total = counts.sum(0).clamp(min=1)
         grand = sums.sum(0) ** 2 / total
@@ -319,7 +330,7 @@ class UnitStatistics:
         )
 
     def position_means(self) -> torch.Tensor:
-        """Mean value per position [positions, width], massive entries left out (NaN where none)."""
+        """Mean value per position [positions, width], sink rows left out (NaN where none)."""
         shift = self.shift.double() if self.shift is not None else 0.0
         counts = self.position_counts
         return torch.where(counts > 0, self.position_sums / counts.clamp(min=1) + shift, torch.nan)
