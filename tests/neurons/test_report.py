@@ -288,3 +288,19 @@ def test_an_interrupted_report_resumes_to_the_uninterrupted_result(
     pd.testing.assert_frame_equal(resumed.massive.to_pandas(), whole.massive.to_pandas())
     save_report(resumed, job.out)
     assert not checkpoint.exists()
+
+
+def test_nan_activations_fail_with_their_rows(planted: dict[str, Any]) -> None:
+    rows = planted["rows"]
+    x = rows["x"].copy()
+    x[70, 3] = np.nan
+    chunk = Rows(
+        {HOOK: torch.from_numpy(x)},
+        rows["tokens"],
+        rows["previous"],
+        rows["positions"],
+        rows["docs"],
+        np.arange(len(x)),
+    )
+    with pytest.raises(NeuronError, match=r"layers.1.mlp_neurons: NaN/Inf activations at rows \[70\]"):
+        report_from_rows(iter([chunk]), [HOOK], NeuronSettings())

@@ -191,12 +191,12 @@ class ReportState:
         where = torch.from_numpy(chunk.positions.astype(np.int64))
         for hook in hooks:
             acts = chunk.acts[hook]
-            if not torch.isfinite(acts).all():
-                bad = torch.nonzero(~torch.isfinite(acts).all(1)).flatten()[:5].tolist()
-                raise NeuronError(f"{hook} has NaN/Inf activations at rows {chunk.rows[bad].tolist()}")
             if hook not in self.stats:
                 self.stats[hook] = UnitStatistics(acts.shape[1], self.settings)
-            self.stats[hook].update(acts, rows, where)
+            try:
+                self.stats[hook].update(acts, rows, where)
+            except NeuronError as error:
+                raise NeuronError(f"{hook}: {error}") from None
         for name, values in self.context.items():
             values.append(getattr(chunk, name).astype(np.int64))
         self.rows += len(chunk.tokens)

@@ -193,20 +193,22 @@ class UnitStatistics:
             self.median_abs = float(magnitude.reshape(-1).median())
         median = max(self.median_abs, torch.finfo(torch.float32).tiny)
         moments = chunk_moments(x)
+        if not torch.isfinite(moments[1]).all():  # a NaN or Inf anywhere makes its column's sum so
+            bad = torch.nonzero(~torch.isfinite(x).all(1)).flatten()[:5]
+            raise NeuronError(f"NaN/Inf activations at rows {rows[bad].tolist()}")
         self.moments = merge_moments(self.moments, moments)
         self.minimum = torch.minimum(self.minimum, x.amin(0).double())
         self.maximum = torch.maximum(self.maximum, x.amax(0).double())
-        chunk_max, where = magnitude.max(0)
-        better = chunk_max.double() > self.max_abs
-        self.max_abs = torch.where(better, chunk_max.double(), self.max_abs)
-        self.max_abs_row = torch.where(better, rows[where], self.max_abs_row)
+        chunk_max = magnitude.amax(0).double()
+        better = torch.nonzero(chunk_max > self.max_abs).flatten()
+        if len(better):  # the row of a new maximum is looked up only for the columns that have one
+            self.max_abs[better] = chunk_max[better]
+            self.max_abs_row[better] = rows[magnitude[:, better].argmax(0)]
         self.counts["fires"] += _counts(x > s.fire_threshold)
-        self.counts["zeros"] += _counts(x == 0)
-        self.counts["near_zero"] += _counts(magnitude <= s.near_zero * median)
-        self.counts["outliers"] += _counts(magnitude > s.outlier_multiple * median)
-        massive = [magnitude >= multiple * median for multiple in s.massive]
-        for i, mask in enumerate(massive):
-            self.massive_counts[i] += _counts(mask)
+        near_zero = magnitude <= s.near_zero * median
+        self.counts["near_zero"] += _counts(near_zero)
+        self.counts["zeros"] += _counts(near_zero & (x == 0)) if bool(near_zero.any()) else 0
+        self._count_tails(x, magnitude, rows, median)
         norms = x.norm(dim=1)
         if self.median_norm is None:
             self.median_norm = float(norms.median())
@@ -217,7 +219,6 @@ class UnitStatistics:
         elif typical.any():
             self._add_positions(x[typical], positions[typical])
         self._merge_top(x, rows)
-        self._merge_events(x, magnitude, rows, min(s.massive) * median)
 
     def _add_positions(self, x: torch.Tensor, positions: torch.Tensor) -> None:
         """Per-position counts and sums [positions, width], and the sum of squares [width], of rows ``x``."""
@@ -267,19 +268,30 @@ class UnitStatistics:
         self.top_values, best = values.topk(k, dim=0)
         self.top_rows = ids.gather(0, best)
 
-    def _merge_events(
-        self, x: torch.Tensor, magnitude: torch.Tensor, rows: torch.Tensor, limit: float
+    def _count_tails(
+        self, x: torch.Tensor, magnitude: torch.Tensor, rows: torch.Tensor, median: float
     ) -> None:
-        if self.settings.massive_events == 0:
-            return
-        row, unit = torch.nonzero(magnitude >= limit, as_tuple=True)
+        """Outlier and massive counts, and the largest massive entries, from one list of the (rare) entries
+        beyond the smallest of those limits."""
+        s = self.settings
+        row, unit = torch.nonzero(magnitude >= min(s.outlier_multiple, *s.massive) * median, as_tuple=True)
         if len(row) == 0:
             return
-        values = torch.cat([self.events[0], x[row, unit]])
-        event_rows = torch.cat([self.events[1], rows[row]])
-        units = torch.cat([self.events[2], unit])
-        if len(values) > self.settings.massive_events:
-            order = values.abs().topk(self.settings.massive_events).indices
+        values = x[row, unit]
+        size = values.abs()
+        self.counts["outliers"] += torch.bincount(
+            unit[size > s.outlier_multiple * median], minlength=self.width
+        )
+        for i, multiple in enumerate(s.massive):
+            self.massive_counts[i] += torch.bincount(unit[size >= multiple * median], minlength=self.width)
+        massive = size >= min(s.massive) * median
+        if s.massive_events == 0 or not massive.any():
+            return
+        values = torch.cat([self.events[0], values[massive]])
+        event_rows = torch.cat([self.events[1], rows[row[massive]]])
+        units = torch.cat([self.events[2], unit[massive]])
+        if len(values) > s.massive_events:
+            order = values.abs().topk(s.massive_events).indices
             values, event_rows, units = values[order], event_rows[order], units[order]
         self.events = (values, event_rows, units)
 
