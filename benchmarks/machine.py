@@ -45,6 +45,30 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+VECTOR_FLAGS = {  # /proc/cpuinfo flag -> the name printed atop benchmark tables
+    "avx2": "AVX2",
+    "fma": "FMA",
+    "avx512f": "AVX-512F",
+    "avx512bw": "AVX-512BW",
+    "avx512_vnni": "AVX-512 VNNI",
+    "avx512_bf16": "AVX-512 BF16",
+    "avx512_fp16": "AVX-512 FP16",
+    "amx_bf16": "AMX-BF16",
+    "amx_int8": "AMX-INT8",
+}
+
+
+def vector_flags() -> str:
+    """The SIMD / matrix extensions the CPU advertises, and the kernel level torch dispatches to."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    present = [name for flag, name in VECTOR_FLAGS.items() if flag in flags] or ["none of AVX2/AVX-512/AMX"]
+    return f"vector units: {', '.join(present)}; torch CPU kernels: {torch.backends.cpu.get_cpu_capability()}"
+
+
 def has_bfloat16_units() -> bool:
     """Whether the CPU advertises bf16 matmul instructions (AVX512-BF16 or AMX-BF16; Linux only)."""
     try:

@@ -53,21 +53,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from machine import cpu_name, load_average, matmul_peak_gflops, versions
+from machine import cpu_name, load_average, matmul_peak_gflops, vector_flags, versions
 
 PREDICATES = ("digit", "starts-word")
 KS = (1, 2, 4, 8, 16, 32, 64)
 FOLDS = 5
-VECTOR_FLAGS = {  # /proc/cpuinfo flag -> name printed
-    "avx2": "AVX2",
-    "fma": "FMA",
-    "avx512f": "AVX-512F",
-    "avx512_vnni": "AVX-512 VNNI",
-    "avx512_bf16": "AVX-512 BF16",
-    "amx_bf16": "AMX-BF16",
-}
-
-
 # -- the machine and the process ------------------------------------------------------------------------
 
 
@@ -75,15 +65,8 @@ def cpu_line(peak_gflops: float) -> str:
     """CPU model, cores, vector units, torch's kernel level, fp32 matmul peak and load."""
     import torch
 
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
-    except OSError:
-        flags = []
-    present = [name for flag, name in VECTOR_FLAGS.items() if flag in flags] or ["none of AVX2/AVX-512/AMX"]
     return (
-        f"{cpu_name()}, {os.cpu_count()} cores; vector units: {', '.join(present)}; "
-        f"torch CPU kernels: {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads; "
+        f"{cpu_name()}, {os.cpu_count()} cores; {vector_flags()}, {torch.get_num_threads()} threads; "
         f"fp32 matmul peak {peak_gflops:.0f} GFLOP/s; load average {load_average():.1f}"
     )
 
