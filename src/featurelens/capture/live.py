@@ -69,7 +69,11 @@ def live_rows(
         tokens = np.stack([sequence.tokens for sequence in chunk])
         mask = stored_positions(tokens, skip_positions, special)
         acts = lm.capture(torch.from_numpy(tokens).long(), hooks)
-        rows = [acts[hook].float().cpu()[torch.from_numpy(mask)] for hook in hooks]
+        if mask.all():  # every row kept (the neuron report): no masked copy of every hook's activations
+            rows = [acts[hook].float().cpu().reshape(-1, acts[hook].shape[-1]) for hook in hooks]
+        else:
+            rows = [acts[hook].float().cpu()[torch.from_numpy(mask)] for hook in hooks]
+        del acts
         if not drop_outliers:
             typical = torch.ones(len(rows[0]), dtype=torch.bool)
         else:
@@ -88,7 +92,7 @@ def live_rows(
             tokens=tokens[mask][keep].astype(np.int32),
             positions=positions[mask][keep],
             sequences=sequences[mask][keep],
-            activations=[r[typical].numpy() for r in rows],
+            activations=[(r if keep.all() else r[typical]).numpy() for r in rows],
             docs=docs[mask][keep],
             previous=previous[mask][keep].astype(np.int32),
         )

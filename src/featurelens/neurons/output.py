@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from featurelens.errors import NeuronError
 from featurelens.jsonio import finite
-from featurelens.neurons.report import NeuronReport, checkpoint_path
+from featurelens.neurons.report import NeuronReport
 
 TABLES = ("layers", "units", "massive", "positional")
 PLOTS = ("sparsity", "kurtosis", "massive", "firing")
@@ -60,7 +60,6 @@ def save_report(report: NeuronReport, out: str | Path, overwrite: bool = False) 
     if out.exists():
         shutil.rmtree(out)
     os.replace(staging, out)
-    checkpoint_path(out).unlink(missing_ok=True)  # the report is whole: its checkpoint is done with
     return out
 
 

@@ -209,6 +209,7 @@ class ReportState:
             joined = np.concatenate(values) if values else np.empty(0, np.int64)
             tensors[f"context/{name}"] = torch.from_numpy(joined)
         metadata = {"identity": json.dumps(identity, sort_keys=True), "hooks": json.dumps(list(self.stats))}
+        path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"{path.name}.partial")
         save_file(tensors, str(partial), metadata=metadata)
         os.replace(partial, path)
@@ -277,8 +278,7 @@ def checkpoint_path(out: str | Path) -> Path:
 
 
 def run_neuron_report(job: NeuronJob, on_rows: Callable[[int, int], None] | None = None) -> NeuronReport:
-    """Stream ``job``'s activations once and return the report (``save_report`` writes it and removes the
-    checkpoint).
+    """Stream ``job``'s activations once and return the report (``save_report`` writes it).
 
     The state is checkpointed every ``checkpoint_seconds`` beside ``job.out``; with ``job.resume`` a run
     continues from it (the same result as an uninterrupted run). ``on_rows(n, expected)`` is called after
@@ -308,6 +308,7 @@ def run_neuron_report(job: NeuronJob, on_rows: Callable[[int, int], None] | None
             state.save(checkpoint, identity)
             saved = time.perf_counter()
     report = state.report(source.hooks, source.tokenizer)
+    checkpoint.unlink(missing_ok=True)  # the pass is whole; a later run starts afresh
     seconds = time.perf_counter() - started
     report.meta.update(source.description)
     report.meta.update(seconds=seconds, rows_per_second=report.meta["rows"] / max(seconds, 1e-9))
