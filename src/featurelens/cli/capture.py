@@ -19,8 +19,8 @@ from rich.console import Console
 
 from featurelens.capture import CaptureConfig, CaptureResult, run_capture
 from featurelens.capture.store import STORE_DTYPES
+from featurelens.cli.corpus_options import add_corpus_arguments, corpus_from_args
 from featurelens.cli.progress import token_progress
-from featurelens.corpus import CorpusConfig
 
 HELP = "record activations at hook points into an on-disk store"
 
@@ -41,15 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, out: str = "runs/demo/acts
         "--tokens", type=int, default=defaults.n_tokens, help="tokens to run through the model"
     )
     parser.add_argument("--out", default=out, help="store folder to create")
-    parser.add_argument(
-        "--corpus",
-        default="bundled",
-        help="bundled (Python docs), a .txt/.jsonl/.parquet file or folder, or hf:<dataset>",
-    )
-    parser.add_argument(
-        "--text-field", default="text", help="field/column holding the text in jsonl, parquet, datasets"
-    )
-    parser.add_argument("--split", default="train", help="dataset split for hf: corpora")
+    add_corpus_arguments(parser)
     parser.add_argument("--seq-len", type=int, default=defaults.seq_len, help="tokens per packed sequence")
     parser.add_argument(
         "--batch-size", type=int, default=defaults.batch_size, help="sequences per forward pass"
@@ -89,7 +81,7 @@ def config_from_args(args: argparse.Namespace) -> CaptureConfig:
         seq_len=args.seq_len,
         batch_size=args.batch_size,
         dtype=args.dtype,
-        corpus=CorpusConfig(spec=args.corpus, text_field=args.text_field, split=args.split),
+        corpus=corpus_from_args(args),
         skip_positions=args.skip_positions,
         keep_special=args.keep_special,
         shard_tokens=args.shard_tokens,

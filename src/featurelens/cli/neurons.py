@@ -25,8 +25,8 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
+from featurelens.cli.corpus_options import CORPUS_HELP, add_corpus_arguments, corpus_from_args
 from featurelens.cli.progress import token_progress
-from featurelens.corpus import CorpusConfig
 from featurelens.errors import NeuronError
 from featurelens.neurons import NeuronJob, NeuronReport, NeuronSettings, run_neuron_report, save_report
 from featurelens.neurons.output import check_out
@@ -46,9 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--acts", help="activation store to read (default: run the model live)")
     parser.add_argument("--model", default=job.model, help="model for live runs (default smollm2)")
-    parser.add_argument("--corpus", default="bundled", help="text for live runs (as for `capture`)")
-    parser.add_argument("--text-field", default="text", help="field holding the text in jsonl/parquet")
-    parser.add_argument("--split", default="train", help="dataset split for hf: corpora")
+    add_corpus_arguments(parser, f"text for live runs: {CORPUS_HELP}")
     parser.add_argument("--tokens", type=int, default=job.tokens, help="tokens to read or run")
     parser.add_argument("--seq-len", type=int, default=job.seq_len, help="tokens per sequence (live)")
     parser.add_argument("--batch-size", type=int, default=job.batch_size, help="sequences per forward pass")
@@ -140,7 +138,7 @@ def job_from_args(args: argparse.Namespace) -> NeuronJob:
         hooks=tuple(args.hooks or ()),
         acts=args.acts,
         model=args.model,
-        corpus=CorpusConfig(spec=args.corpus, text_field=args.text_field, split=args.split),
+        corpus=corpus_from_args(args),
         tokens=args.tokens,
         seq_len=args.seq_len,
         batch_size=args.batch_size,

@@ -18,8 +18,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +26,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from featurelens.errors import NeuronError
+from featurelens.folders import check_output_folder, staged_folder
 from featurelens.jsonio import finite
 from featurelens.neurons.report import NeuronReport
+from featurelens.neurons.tables import point_of
 
 TABLES = ("layers", "units", "massive", "positional")
 PLOTS = ("sparsity", "kurtosis", "massive", "firing")
@@ -48,30 +48,19 @@ NOTABLE = {
 def save_report(report: NeuronReport, out: str | Path, overwrite: bool = False) -> Path:
     """Write ``report`` into the folder ``out`` (see the module docstring); returns the folder."""
     out = check_out(out, overwrite)
-    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for name in TABLES:
-        pq.write_table(getattr(report, name), staging / f"{name}.parquet")
-    payload = {"format": "featurelens.neurons", **report.meta, "layers": report.layers.to_pylist()}
-    (staging / "report.json").write_text(json.dumps(finite(payload), indent=1))
-    draw_plots(report, staging)
-    (staging / "report.html").write_text(report_html(report, staging))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(staging, out)
+    with staged_folder(out) as staging:
+        for name in TABLES:
+            pq.write_table(getattr(report, name), staging / f"{name}.parquet")
+        payload = {"format": "featurelens.neurons", **report.meta, "layers": report.layers.to_pylist()}
+        (staging / "report.json").write_text(json.dumps(finite(payload), indent=1))
+        draw_plots(report, staging)
+        (staging / "report.html").write_text(report_html(report, staging))
     return out
 
 
 def check_out(out: str | Path, overwrite: bool) -> Path:
     """``out`` as a path, if a report may be written there (call it before a long pass, too)."""
-    out = Path(out)
-    if out.exists():
-        if not overwrite:
-            raise NeuronError(f"{out} already exists; pass --overwrite to replace it")
-        if not (out / "report.json").is_file():
-            raise NeuronError(f"{out} exists and is not a neuron report; choose a new folder")
-    return out
+    return check_output_folder(out, overwrite, "report.json", "neuron report", NeuronError)
 
 
 def load_report(path: str | Path) -> NeuronReport:
@@ -129,9 +118,7 @@ def draw_plots(report: NeuronReport, folder: Path) -> None:
     _save(figure, folder / "kurtosis.png")
 
     units = report.units
-    point_of_unit = np.array(
-        [h.split(".", 2)[-1] if h.startswith("layers.") else h for h in units["hook"].to_pylist()]
-    )
+    point_of_unit = np.array([point_of(hook) for hook in units["hook"].to_pylist()])
     layer = units["layer"].to_numpy()
     unit = units["unit"].to_numpy()
     ratio = units["max_over_median"].to_numpy()

@@ -229,11 +229,14 @@ class SparseProbe:
     base: LogisticProbe | RidgeProbe = field(default_factory=LogisticProbe)
     units_: np.ndarray = field(init=False, repr=False)
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> SparseProbe:
+    def fit(self, x: np.ndarray, y: np.ndarray, order: np.ndarray | None = None) -> SparseProbe:
+        """Fit on the top ``k`` units; ``order`` [units] is a ranking already made on these rows (a sweep
+        over k ranks once)."""
         x = _check_xy(x, y)
         if not 1 <= self.k <= x.shape[1]:
             raise ProbeError(f"k = {self.k} is outside 1..{x.shape[1]} (the number of units)")
-        self.units_ = rank_units(x, np.asarray(y), self.ranking)[: self.k]
+        ranked = order if order is not None else rank_units(x, np.asarray(y), self.ranking)
+        self.units_ = ranked[: self.k]
         self.base.fit(x[:, self.units_], y)
         return self
 

@@ -126,9 +126,7 @@ def cross_validate(x: np.ndarray, labels: Labels, groups: np.ndarray, settings: 
         record("shuffled", shuffled.predict(x_test), y_test)
         order = rank_units(x_train, y_train, ranking)
         for k in settings.ks:
-            sparse = SparseProbe(k, ranking, _dense(labels.kind, settings))
-            sparse.units_ = order[:k]
-            sparse.base.fit(x_train[:, sparse.units_], y_train)
+            sparse = SparseProbe(k, ranking, _dense(labels.kind, settings)).fit(x_train, y_train, order)
             record(f"k={k}", sparse.predict(x_test), y_test)
             for unit in sparse.units_.tolist():
                 picked[k][unit] = picked[k].get(unit, 0) + 1

@@ -15,8 +15,6 @@ Output folder (written under a temporary name, renamed when whole)::
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -33,6 +31,7 @@ from featurelens.capture.store import ActivationStore
 from featurelens.corpus import CorpusConfig
 from featurelens.dictionaries import Dictionary
 from featurelens.errors import FeatureLensError, ProbeError
+from featurelens.folders import check_output_folder, staged_folder
 from featurelens.jsonio import finite
 from featurelens.models import load_model, load_tokenizer
 from featurelens.probes.experiment import ProbeResult, ProbeSettings, cross_validate
@@ -91,7 +90,7 @@ class ProbeRows:
     label_rows: int
 
 
-def _collect(chunks: Any, hook: str, limit: int) -> list[Rows]:
+def _collect(chunks: Any, limit: int) -> list[Rows]:
     parts, total = [], 0
     for chunk in chunks:
         parts.append(chunk)
@@ -116,7 +115,7 @@ def probe_rows(job: ProbeJob) -> ProbeRows:
             tokenizer = load_tokenizer(spec)
         except FeatureLensError as error:
             raise ProbeError(f"the store's tokenizer is needed for token labels: {error}") from error
-        parts = _collect(store_rows(store, [hook], job.tokens, 8192), hook, job.tokens)
+        parts = _collect(store_rows(store, [hook], job.tokens, 8192), job.tokens)
         typical = np.ones(sum(len(p.tokens) for p in parts), dtype=bool)
         outliers = store.outlier_rows(hook)
         typical[outliers[outliers < len(typical)]] = False
@@ -136,7 +135,7 @@ def probe_rows(job: ProbeJob) -> ProbeRows:
             skip_positions=1,
             keep_special=False,
         )
-        parts = _collect(chunks, hook, job.tokens)
+        parts = _collect(chunks, job.tokens)
         norms = torch.cat([p.acts[hook] for p in parts]).norm(dim=1).numpy()
         typical = norms <= OUTLIER_MULTIPLE * np.median(norms)
         label_rows = len(typical)
@@ -211,11 +210,6 @@ def run_probe(
 def save_probe(results: list[ProbeResult], meta: dict[str, Any], out: str | Path, overwrite: bool) -> Path:
     """Write the output folder (see the module docstring)."""
     out = check_probe_out(out, overwrite)
-    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    payload = {"format": "featurelens.probe", **meta, "targets": [r.summary() for r in results]}
-    (staging / "results.json").write_text(json.dumps(finite(payload), indent=1))
     score_rows: list[dict[str, Any]] = []
     unit_rows: list[dict[str, Any]] = []
     for result in results:
@@ -236,24 +230,18 @@ def save_probe(results: list[ProbeResult], meta: dict[str, Any], out: str | Path
             }
             for rank, (unit, score) in enumerate(result.units)
         )
-    pq.write_table(pa.Table.from_pylist(score_rows), staging / "scores.parquet")
-    pq.write_table(pa.Table.from_pylist(unit_rows), staging / "units.parquet")
-    plot_scores(results, staging / "accuracy_vs_k.png")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(staging, out)
+    payload = {"format": "featurelens.probe", **meta, "targets": [r.summary() for r in results]}
+    with staged_folder(out) as staging:
+        (staging / "results.json").write_text(json.dumps(finite(payload), indent=1))
+        pq.write_table(pa.Table.from_pylist(score_rows), staging / "scores.parquet")
+        pq.write_table(pa.Table.from_pylist(unit_rows), staging / "units.parquet")
+        plot_scores(results, staging / "accuracy_vs_k.png")
     return out
 
 
 def check_probe_out(out: str | Path, overwrite: bool) -> Path:
     """``out`` as a path, if results may be written there (call it before the work, too)."""
-    out = Path(out)
-    if out.exists():
-        if not overwrite:
-            raise ProbeError(f"{out} already exists; pass --overwrite to replace it")
-        if not (out / "results.json").is_file():
-            raise ProbeError(f"{out} exists and is not a probe result folder; choose a new folder")
-    return out
+    return check_output_folder(out, overwrite, "results.json", "probe result folder", ProbeError)
 
 
 def plot_scores(results: list[ProbeResult], path: Path) -> None:

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -51,6 +51,7 @@ MAX_TEXT_CHARS = 2000
 MAX_NEW_TOKENS = 64
 MAX_STRENGTH = 1000.0
 MAX_STEERED_FEATURES = 8
+ViewT = TypeVar("ViewT")
 STATIC = Path(str(resources.files("featurelens.serve") / "static"))
 
 
@@ -177,6 +178,13 @@ class _Served:
     lock: threading.Lock
 
 
+def served_or_404(view: ViewT | None, what: str, flag: str) -> ViewT:
+    """The optional view given at start-up, or a 404 saying how to serve one."""
+    if view is None:
+        raise HTTPException(404, f"no {what} is served; start with featurelens serve ATLAS {flag} FOLDER")
+    return view
+
+
 def create_app(
     atlas_path: str | Path,
     *,
@@ -294,27 +302,15 @@ def create_app(
 
     @app.get("/api/circuit", responses=errors(404))
     def circuit_graph() -> CircuitView:
-        if graph is None:
-            raise HTTPException(
-                404, "no circuit is served; start with featurelens serve ATLAS --circuit FOLDER"
-            )
-        return graph
+        return served_or_404(graph, "circuit", "--circuit")
 
     @app.get("/api/neurons", responses=errors(404))
     def neuron_report() -> NeuronView:
-        if report is None:
-            raise HTTPException(
-                404, "no neuron report is served; start with featurelens serve ATLAS --neurons FOLDER"
-            )
-        return report
+        return served_or_404(report, "neuron report", "--neurons")
 
     @app.get("/api/probe", responses=errors(404))
     def probe_results() -> ProbeViews:
-        if probed is None:
-            raise HTTPException(
-                404, "no probe result is served; start with featurelens serve ATLAS --probe FOLDER"
-            )
-        return probed
+        return served_or_404(probed, "probe result", "--probe")
 
     @app.get("/api/model")
     def model_state() -> ModelState:
