@@ -433,7 +433,7 @@ def store_hooks(store: Path, layers: str) -> tuple[list[str], int, str]:
         hooks = [h for h in held if h in wanted]
     if not hooks:
         raise SystemExit(f"the store {store} holds none of the hooks asked for; it holds {', '.join(held)}")
-    from featurelens.neurons.report import layer_of
+    from featurelens.models.hook_names import layer_of
 
     return sorted(hooks, key=lambda h: (layer_of(h), h)), int(manifest["n_rows"]), manifest["dtype"]
 

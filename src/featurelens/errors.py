@@ -34,3 +34,11 @@ class NeuronError(FeatureLensError):
 
 class ProbeError(FeatureLensError):
     """Probe input that cannot be used: labels of the wrong length or type, one class, k beyond the width."""
+
+
+class CompareError(FeatureLensError):
+    """Representations that cannot be compared: different row counts, NaN rows, too few rows, bad options."""
+
+
+class EncodeError(FeatureLensError):
+    """Encoding-model input that cannot be used: mismatched or NaN rows, too few rows or repeats, options."""

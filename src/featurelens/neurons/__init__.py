@@ -12,7 +12,6 @@ from featurelens.neurons.report import (
     NeuronJob,
     NeuronReport,
     report_from_rows,
-    resolve_hooks,
     run_neuron_report,
 )
 from featurelens.neurons.statistics import NeuronSettings, UnitStatistics
@@ -26,7 +25,6 @@ __all__ = [
     "load_report",
     "notable_units",
     "report_from_rows",
-    "resolve_hooks",
     "run_neuron_report",
     "save_report",
 ]

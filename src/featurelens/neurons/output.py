@@ -28,8 +28,8 @@ import pyarrow.parquet as pq
 from featurelens.errors import NeuronError
 from featurelens.folders import check_output_folder, staged_folder
 from featurelens.jsonio import finite
+from featurelens.models.hook_names import point_of
 from featurelens.neurons.report import NeuronReport
-from featurelens.neurons.tables import point_of
 
 TABLES = ("layers", "units", "massive", "positional")
 PLOTS = ("sparsity", "kurtosis", "massive", "firing")

@@ -16,7 +16,6 @@ massive activations live. A store gives the rows it holds (by default without po
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import time
@@ -34,12 +33,11 @@ from featurelens.capture.store import ActivationStore
 from featurelens.corpus import CorpusConfig
 from featurelens.errors import FeatureLensError, NeuronError
 from featurelens.models import load_model, load_tokenizer
-from featurelens.models.loading import describe_names
+from featurelens.models.hook_names import resolve_hooks
 from featurelens.neurons.statistics import NeuronSettings, UnitStatistics
 from featurelens.neurons.tables import (
     RowContext,
     hook_summary,
-    layer_of,
     massive_table,
     positional_table,
     unit_table,
@@ -108,18 +106,6 @@ class NeuronReport:
     massive: pa.Table
     positional: pa.Table
     meta: dict[str, Any]
-
-
-def resolve_hooks(patterns: Sequence[str], available: Sequence[str]) -> list[str]:
-    """Hooks matching ``patterns`` (names or shell-style patterns), ordered by layer then as available."""
-    chosen: list[str] = []
-    for pattern in patterns:
-        matched = [name for name in available if fnmatch.fnmatchcase(name, pattern)]
-        if not matched:
-            raise NeuronError(f"no hook matches {pattern!r}; available: {describe_names(list(available))}")
-        chosen.extend(name for name in matched if name not in chosen)
-    order = {name: i for i, name in enumerate(available)}
-    return sorted(chosen, key=lambda name: (layer_of(name), order[name]))
 
 
 @dataclass

@@ -3,7 +3,6 @@ position profiles of positional units."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,22 +10,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from featurelens.models.hook_names import layer_of, point_of
 from featurelens.neurons.statistics import NeuronSettings, UnitStatistics
 from featurelens.neurons.tokens import KeyExplanation, bigram_keys, explain_by_key
-
-LAYER_HOOK = re.compile(r"^layers\.(\d+)\.(.+)$")
-
-
-def layer_of(hook: str) -> int:
-    """The layer index in ``layers.i.<point>`` (-1 for embed, final_norm and other non-layer hooks)."""
-    match = LAYER_HOOK.match(hook)
-    return int(match.group(1)) if match else -1
-
-
-def point_of(hook: str) -> str:
-    """``layers.3.mlp_neurons`` -> ``mlp_neurons``; other hooks are their own point."""
-    match = LAYER_HOOK.match(hook)
-    return match.group(2) if match else hook
 
 
 @dataclass(frozen=True)
