@@ -104,7 +104,8 @@ def angular_shape_distance(x: torch.Tensor, y: torch.Tensor, alpha: float = 1.0)
 
     arccos(‖X̃ᵀỸ‖_* / (‖X̃‖_F ‖Ỹ‖_F)) for the partially whitened X̃, Ỹ of :func:`shape_state`. α = 1: angular
     Procrustes (0 under rotation, isotropic scale, translation); α = 0: full whitening, 0 under any invertible
-    linear map (arccos of the sum of canonical correlations over √(rank x · rank y)). A metric for every α in
+    linear map (arccos of the sum of canonical correlations over √(rank x · rank y)), so like CCA it needs
+    items well above units: at rank n − 1 on both sides it is 0 for any data. A metric for every α in
     [0, 1]. Unequal widths: the narrower side is (equivalently) zero-padded to the wider width.
     """
     x, y = check_pair(x, y)
