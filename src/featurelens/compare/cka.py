@@ -73,8 +73,9 @@ def rbf_gram(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """exp(−|xᵢ − xⱼ|² / (2 (σ·median distance)²)) for rows of x [n, d]: σ is relative to the median
     pairwise distance between distinct rows, as in Kornblith et al."""
     squared = torch.cdist(x, x).pow(2)
-    distances = squared[~torch.eye(len(x), dtype=torch.bool)]
-    median = distances.sqrt().median()
+    distances = torch.sort(squared[~torch.eye(len(x), dtype=torch.bool)].sqrt()).values
+    middle = len(distances) // 2
+    median = (distances[middle] + distances[(len(distances) - 1) // 2]) / 2  # numpy's median of an even count
     if not bool(median > 0):
         raise CompareError("kernel CKA needs distinct rows: every pairwise distance is 0")
     return torch.exp(-squared / (2.0 * (sigma * median) ** 2))
@@ -83,12 +84,20 @@ def rbf_gram(x: torch.Tensor, sigma: float) -> torch.Tensor:
 def linear_cka(x: torch.Tensor, y: torch.Tensor, *, debiased: bool = True) -> float:
     """Linear CKA of x [n, dx] and y [n, dy] (float64): debiased by default, the plug-in form otherwise.
 
-    Computed from per-unit statistics (cost n·dx·dy, memory dx·dy), equal to the Gram-matrix formula.
+    From per-unit sums (cost n·dx·dy) when units are fewer than items, else from the n × n Gram matrices
+    (cost n²·(dx + dy)); both give the same value.
     """
     x, y = check_pair(x, y, 4 if debiased else 2)
+    if len(x) ** 2 < x.shape[1] * y.shape[1]:
+        hsic = hsic_unbiased if debiased else hsic_biased
+        k, m = x @ x.T, y @ y.T
+        return _cka(hsic(k, m), hsic(k, k), hsic(m, m))
     sums = CkaSums.start({"x": x}, {"y": y})
     sums.add({"x": x}, {"y": y})
-    return float(sums.cka(debiased=debiased)[0, 0])
+    value = float(sums.cka(debiased=debiased)[0, 0])
+    if value != value:
+        raise CompareError(CONSTANT_MESSAGE)
+    return value
 
 
 def kernel_cka(x: torch.Tensor, y: torch.Tensor, *, sigma: float = 0.8, debiased: bool = True) -> float:

@@ -130,7 +130,7 @@ def check_pair(x: Any, y: Any, min_rows: int = 2) -> tuple[torch.Tensor, torch.T
         t = t.detach().to("cpu", torch.float64)
         bad = ~torch.isfinite(t).all(dim=1)
         if bool(bad.any()):
-            rows = torch.flatnonzero(bad)
+            rows = torch.nonzero(bad).flatten()
             raise CompareError(
                 f"{name} has {len(rows)} rows with NaN or infinite values (first: row {int(rows[0])}); "
                 "drop them from both representations first"
