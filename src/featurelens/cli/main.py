@@ -12,6 +12,7 @@ from featurelens.cli import (
     atlas,
     capture,
     circuit,
+    compare,
     evaluate,
     explain,
     export,
@@ -40,6 +41,7 @@ VERBS = {
     "function-vector": function_vector,
     "neurons": neurons,
     "probe": probe,
+    "compare": compare,
     "show": show,
     "serve": serve,
     "export": export,
@@ -61,6 +63,7 @@ The loop, one verb per stage:
   function-vector  find the heads behind an in-context task; add its vector to zero-shot prompts
   neurons   report dead, dense, outlier, massive, token and positional units of every layer
   probe     dense and k-sparse probes of a layer for token predicates, labels or positions
+  compare   layer x layer similarity maps (CKA, RSA, CCA, shape, kNN) within and across models, with nulls
   circuit   find the heads and neurons behind a task: patching, attribution, faithfulness, edges
   show      a feature card, an atlas overview or a search, in the terminal
   serve     browse an atlas in a local web app: search, feature pages, try text, steer

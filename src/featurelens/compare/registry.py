@@ -10,14 +10,21 @@ import inspect
 from collections.abc import Callable
 from functools import partial
 
+from featurelens.compare.cca import cca_measure, pwcca_measure, svcca_measure
 from featurelens.compare.cka import kernel_cka_measure, linear_cka_measure
 from featurelens.compare.measure import Measure
+from featurelens.compare.shape import procrustes_measure, shape_measure
 from featurelens.errors import CompareError
 
 MEASURES: dict[str, Callable[..., Measure]] = {
     "cka": partial(linear_cka_measure, debiased=True),
     "cka-biased": partial(linear_cka_measure, debiased=False),
     "kernel-cka": kernel_cka_measure,
+    "cca": cca_measure,
+    "svcca": svcca_measure,
+    "pwcca": pwcca_measure,
+    "procrustes": procrustes_measure,
+    "shape": shape_measure,
 }
 
 DEFAULT_MEASURE = "cka"

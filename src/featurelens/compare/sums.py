@@ -45,22 +45,32 @@ class CkaSums:
         self.slices_a = _slices([len(s) for s in self.shift_a.values()])
         self.slices_b = self.slices_a if self.same else _slices([len(s) for s in self.shift_b.values()])
         width_a, width_b = self.slices_a[-1].stop, self.slices_b[-1].stop
-        f64 = {"dtype": torch.float64}
         self.n = 0
-        self.cross = torch.zeros(width_a, width_b, **f64)  # Σ aᵢbᵢᵀ
+        self.cross = torch.zeros(width_a, width_b, dtype=torch.float64)  # Σ aᵢbᵢᵀ
         # Each hook's own Σ xᵢxᵢᵀ: the diagonal blocks of ``cross`` when b is a, kept apart otherwise.
-        self.self_a = [] if self.same else [torch.zeros(_width(s), _width(s), **f64) for s in self.slices_a]
-        self.self_b = [] if self.same else [torch.zeros(_width(s), _width(s), **f64) for s in self.slices_b]
-        self.sum_a, self.sum_b = torch.zeros(width_a, **f64), torch.zeros(width_b, **f64)
-        self.a_by_b_norms = torch.zeros(width_a, len(self.hooks_b), **f64)  # Σ aᵢ |b_hᵢ|²
-        self.b_by_a_norms = torch.zeros(width_b, len(self.hooks_a), **f64)
-        self.a_by_a_norms = torch.zeros(width_a, len(self.hooks_a), **f64)
-        self.b_by_b_norms = torch.zeros(width_b, len(self.hooks_b), **f64)
-        self.norms_ab = torch.zeros(len(self.hooks_a), len(self.hooks_b), **f64)  # Σ |aᵢ|²|bᵢ|²
-        self.norms_aa = torch.zeros(len(self.hooks_a), **f64)  # Σ |aᵢ|⁴
-        self.norms_bb = torch.zeros(len(self.hooks_b), **f64)
-        self.squares_a = torch.zeros(len(self.hooks_a), **f64)  # Σ |aᵢ|²
-        self.squares_b = torch.zeros(len(self.hooks_b), **f64)
+        self.self_a = (
+            []
+            if self.same
+            else [torch.zeros(_width(s), _width(s), dtype=torch.float64) for s in self.slices_a]
+        )
+        self.self_b = (
+            []
+            if self.same
+            else [torch.zeros(_width(s), _width(s), dtype=torch.float64) for s in self.slices_b]
+        )
+        self.sum_a, self.sum_b = (
+            torch.zeros(width_a, dtype=torch.float64),
+            torch.zeros(width_b, dtype=torch.float64),
+        )
+        self.a_by_b_norms = torch.zeros(width_a, len(self.hooks_b), dtype=torch.float64)  # Σ aᵢ |b_hᵢ|²
+        self.b_by_a_norms = torch.zeros(width_b, len(self.hooks_a), dtype=torch.float64)
+        self.a_by_a_norms = torch.zeros(width_a, len(self.hooks_a), dtype=torch.float64)
+        self.b_by_b_norms = torch.zeros(width_b, len(self.hooks_b), dtype=torch.float64)
+        self.norms_ab = torch.zeros(len(self.hooks_a), len(self.hooks_b), dtype=torch.float64)  # Σ |aᵢ|²|bᵢ|²
+        self.norms_aa = torch.zeros(len(self.hooks_a), dtype=torch.float64)  # Σ |aᵢ|⁴
+        self.norms_bb = torch.zeros(len(self.hooks_b), dtype=torch.float64)
+        self.squares_a = torch.zeros(len(self.hooks_a), dtype=torch.float64)  # Σ |aᵢ|²
+        self.squares_b = torch.zeros(len(self.hooks_b), dtype=torch.float64)
 
     @classmethod
     def start(
