@@ -14,7 +14,6 @@ import scipy.stats
 import torch
 
 from featurelens.capture.rows import Rows
-from featurelens.capture.store import FORMAT, ShardRows, StoreWriter
 from featurelens.errors import NeuronError
 from featurelens.neurons import (
     NeuronJob,
@@ -28,6 +27,7 @@ from featurelens.neurons import (
 from featurelens.neurons.report import checkpoint_path
 from featurelens.neurons.statistics import chunk_moments, merge_moments
 from tests.cli.test_cli import assert_one_line_error, featurelens
+from tests.stores import write_rows_store
 
 HOOK = "layers.1.mlp_neurons"
 SEQ, N_SEQ, WIDTH = 64, 120, 24
@@ -63,29 +63,9 @@ def planted_rows(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def write_store(root: Path, rows: dict[str, np.ndarray], model: str, hook: str = HOOK) -> Path:
-    manifest = {
-        "format": FORMAT,
-        "model": {"spec": model},
-        "hooks": {hook: {"width": rows["x"].shape[1]}},
-        "dtype": "float32",
-        "seq_len": SEQ,
-        "corpus": {"spec": "bundled"},
-        "config": {"skip_positions": 0},
-    }
-    writer = StoreWriter(root, manifest)
-    half = len(rows["tokens"]) // 2 // SEQ * SEQ
-    for index, part in enumerate((slice(0, half), slice(half, None))):
-        x = rows["x"][part]
-        shard = ShardRows(
-            rows["tokens"][part],
-            rows["docs"][part],
-            rows["positions"][part],
-            {hook: x},
-            {hook: np.linalg.norm(x, axis=1)},
-        )
-        writer.write_shard(index, shard)
-    writer.finish(2, 10.0)
-    return root
+    return write_rows_store(
+        root, rows["tokens"], rows["docs"], rows["positions"], {hook: rows["x"]}, model, SEQ
+    )
 
 
 @pytest.fixture(scope="module")
