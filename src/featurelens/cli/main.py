@@ -13,6 +13,7 @@ from featurelens.cli import (
     capture,
     circuit,
     compare,
+    encode,
     evaluate,
     explain,
     export,
@@ -41,6 +42,7 @@ VERBS = {
     "function-vector": function_vector,
     "neurons": neurons,
     "probe": probe,
+    "encode": encode,
     "compare": compare,
     "show": show,
     "serve": serve,
@@ -63,6 +65,7 @@ The loop, one verb per stage:
   function-vector  find the heads behind an in-context task; add its vector to zero-shot prompts
   neurons   report dead, dense, outlier, massive, token and positional units of every layer
   probe     dense and k-sparse probes of a layer for token predicates, labels or positions
+  encode    encoding models: cross-validated ridge from activations to recordings, ceilings, nulls
   compare   layer x layer similarity maps (CKA, RSA, CCA, shape, kNN) within and across models, with nulls
   circuit   find the heads and neurons behind a task: patching, attribution, faithfulness, edges
   show      a feature card, an atlas overview or a search, in the terminal
