@@ -163,3 +163,32 @@ def test_a_live_map_against_the_random_initialisation(tiny_model_dir: Path) -> N
     assert np.all(np.diagonal(between) < 0.99)  # other weights: not the same representation
     assert result.meta["maps"][1]["b"].endswith("(random init, seed 1)")
     assert result.meta["alignment"] == "one tokenizer: identical rows"
+
+
+def test_two_files_are_compared_by_every_measure_with_its_null(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(40, 6))
+    rotation, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", 2 * x @ rotation + 1)
+    out = tmp_path / "pair"
+    run = featurelens(
+        "compare", "--x", str(tmp_path / "x.npy"), "--y", str(tmp_path / "y.npy"), "--permutations", "49",
+        "--out", str(out),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    results = {c["measure"]: c for c in json.loads((out / "results.json").read_text())["comparisons"]}
+    assert {"cka", "cka-biased", "cca", "procrustes", "shape"} <= set(results)
+    assert results["cka"]["value"] == pytest.approx(1.0, abs=1e-9)
+    assert results["procrustes"]["value"] == pytest.approx(0.0, abs=1e-6)
+    assert all(c["p_value"] == pytest.approx(1 / 50) for c in results.values())
+    np.save(tmp_path / "short.npy", x[:30])
+    assert_one_line_error(
+        featurelens("compare", "--x", str(tmp_path / "x.npy"), "--y", str(tmp_path / "short.npy"), "--out",
+                    str(tmp_path / "bad")),
+        "x has 40 rows, y has 30",
+    )  # fmt: skip
+    assert_one_line_error(
+        featurelens("compare", "--x", str(tmp_path / "x.npy"), "--out", str(tmp_path / "bad")),
+        "--x and --y go together",
+    )

@@ -19,27 +19,40 @@ Measures (--measure, repeatable; options as name:key=value,...):
 Writes OUT/results.json, maps.parquet and one heatmap PNG per map and measure; `featurelens serve ATLAS
 --compare OUT` shows them in the web app.
 
+Two representations of your own (rows: the same items, e.g. stimuli; .npy, .csv or .parquet): --x and --y
+compare them by every measure (or those given), each with a permutation p-value (default 1000 shuffles),
+and write OUT/results.json.
+
 examples:
   featurelens compare                                        # smollm2 x itself and x random init, CKA
   featurelens compare --measure cka --measure rsa --measure shape:alpha=0.5 --tokens 5000
   featurelens compare --hooks 'layers.*.mlp_out' --hooks-b 'layers.*.resid_post' --model-b none
   featurelens compare --acts runs/a/acts --acts-b runs/b/acts     # two stores of the same tokens
+  featurelens compare --x model_rdm_features.npy --y voxels.npy --measure rsa --measure cka
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 from rich.console import Console
+from rich.table import Table
 
 from featurelens.cli.corpus_options import CORPUS_HELP, add_corpus_arguments, corpus_from_args
 from featurelens.cli.progress import stage_progress
 from featurelens.compare.maps import MapJob, MapResult, run_maps
-from featurelens.compare.output import cell_table, check_compare_out, grid, save_maps
-from featurelens.compare.registry import measure_names
+from featurelens.compare.measure import compare
+from featurelens.compare.output import MARKER, cell_table, check_compare_out, grid, save_maps
+from featurelens.compare.registry import MEASURES, measure_from_spec, measure_names
+from featurelens.encode.inputs import read_numeric
+from featurelens.errors import CompareError
+from featurelens.folders import check_output_folder, staged_folder
+from featurelens.jsonio import finite
 
 HELP = "layer x layer similarity maps (CKA, RSA, CCA, shape metrics, kNN) with permutation nulls"
+PAIR_PERMUTATIONS = 1000
 
 
 def _patterns(values: list[str] | None) -> tuple[str, ...]:
@@ -78,8 +91,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rows of the random subsample the nulls (and non-streamed measures) use (default 512)",
     )
     parser.add_argument(
-        "--permutations", type=int, default=job.permutations, help="shuffles per cell (default 100; 0: none)"
+        "--permutations",
+        type=int,
+        help=f"shuffles per cell (default {job.permutations}; {PAIR_PERMUTATIONS} for --x/--y; 0: none)",
     )
+    parser.add_argument(
+        "--x", help="a representation [items, units] to compare with --y (.npy/.csv/.parquet)"
+    )
+    parser.add_argument("--y", help="the second representation, rows the same items as --x")
     parser.add_argument("--alpha", type=float, default=job.alpha, help="false-discovery rate (default 0.05)")
     parser.add_argument(
         "--seed", type=int, default=job.seed, help="seed of the subsample, shuffles, random model"
@@ -106,7 +125,7 @@ def job_from_args(args: argparse.Namespace) -> MapJob:
         seq_len=args.seq_len,
         batch_size=args.batch_size,
         null_rows=args.null_rows,
-        permutations=args.permutations,
+        permutations=defaults.permutations if args.permutations is None else args.permutations,
         alpha=args.alpha,
         seed=args.seed,
         device=args.device,
@@ -129,8 +148,48 @@ def print_summary(result: MapResult, console: Console) -> None:
             )
 
 
+def compare_files(args: argparse.Namespace, console: Console) -> int:
+    """--x/--y: every measure asked for (default all) with its null; a table and OUT/results.json."""
+    if not (args.x and args.y):
+        raise CompareError("--x and --y go together: give both representations")
+    out = check_output_folder(args.out, args.overwrite, MARKER, "comparison folder", CompareError)
+    x, _ = read_numeric(args.x, "--x")
+    y, _ = read_numeric(args.y, "--y")
+    permutations = PAIR_PERMUTATIONS if args.permutations is None else args.permutations
+    measures = [measure_from_spec(spec) for spec in (args.measures or MEASURES)]
+    table = Table(
+        title=f"{args.x} vs {args.y}: {len(x):,} items, {permutations} permutations (seed {args.seed})"
+    )
+    for column in ("measure", "value", "kind", "metric", "p", "null mean ± std"):
+        table.add_column(column, justify="left" if column in ("measure", "kind") else "right")
+    results = []
+    with console.status("comparing") as status:
+        for measure in measures:
+            status.update(f"comparing: {measure.name}")
+            result = compare(x, y, measure, permutations=permutations, seed=args.seed)
+            results.append(result.as_dict())
+            null = f"{result.null_mean:.3f} ± {result.null_std:.3f}" if result.null_mean is not None else ""
+            p_value = f"{result.p_value:.4f}" if result.p_value is not None else ""
+            table.add_row(
+                measure.name,
+                f"{result.value:.4f}",
+                result.kind,
+                "yes" if result.metric else "no",
+                p_value,
+                null,
+            )
+    with staged_folder(out) as staging:
+        document = {"x": args.x, "y": args.y, "items": len(x), "comparisons": results}
+        (staging / MARKER).write_text(json.dumps(finite(document), indent=2))
+    console.print(table)
+    console.print(f"written: {out / MARKER}")
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     console = Console()
+    if args.x or args.y:
+        return compare_files(args, console)
     job = job_from_args(args)
     out = check_compare_out(job)
     result = run_maps(job, lambda label, unit, total: stage_progress(console, label, unit, total))

@@ -24,7 +24,7 @@ from featurelens.errors import CompareError
 from featurelens.folders import check_output_folder, staged_folder
 from featurelens.jsonio import finite
 
-MARKER = "maps.parquet"
+MARKER = "results.json"  # the file every comparison folder has (maps and --x/--y alike)
 
 
 def check_compare_out(job: MapJob) -> Path:
@@ -77,7 +77,7 @@ def save_maps(result: MapResult, out: Path) -> Path:
     meta = dict(result.meta)
     job: MapJob = meta.pop("job")
     with staged_folder(out) as staging:
-        pq.write_table(table, staging / MARKER)
+        pq.write_table(table, staging / "maps.parquet")
         for entry in meta["maps"]:
             for name, info in meta["measures"].items():
                 draw_map(
@@ -90,7 +90,7 @@ def save_maps(result: MapResult, out: Path) -> Path:
                     path=staging / f"{entry['name']}_{name}.png",
                 )
         document = {"job": asdict(job), **meta}
-        (staging / "results.json").write_text(json.dumps(finite(document), indent=2, default=str))
+        (staging / MARKER).write_text(json.dumps(finite(document), indent=2, default=str))
     return out
 
 
