@@ -157,6 +157,11 @@ def compare_files(args: argparse.Namespace, console: Console) -> int:
     y, _ = read_numeric(args.y, "--y")
     permutations = PAIR_PERMUTATIONS if args.permutations is None else args.permutations
     measures = [measure_from_spec(spec) for spec in (args.measures or MEASURES)]
+    if not args.measures:  # every measure by default: leave out those these few items cannot give
+        for measure in measures:
+            if measure.min_rows > len(x):
+                console.print(f"{measure.name} left out: it needs at least {measure.min_rows} items")
+        measures = [measure for measure in measures if measure.min_rows <= len(x)]
     table = Table(
         title=f"{args.x} vs {args.y}: {len(x):,} items, {permutations} permutations (seed {args.seed})"
     )

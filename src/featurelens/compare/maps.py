@@ -80,7 +80,11 @@ class MapJob:
         if not 0 < self.alpha < 1:
             raise CompareError(f"--alpha must lie between 0 and 1, got {self.alpha}")
         for spec in self.measures:
-            measure_from_spec(spec)
+            measure = measure_from_spec(spec)
+            if measure.min_rows > self.null_rows:
+                raise CompareError(
+                    f"{measure.name} needs at least {measure.min_rows} rows; raise --null-rows to that"
+                )
 
 
 @dataclass(frozen=True)

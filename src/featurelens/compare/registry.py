@@ -13,6 +13,9 @@ from functools import partial
 from featurelens.compare.cca import cca_measure, pwcca_measure, svcca_measure
 from featurelens.compare.cka import kernel_cka_measure, linear_cka_measure
 from featurelens.compare.measure import Measure
+from featurelens.compare.neighbors import cknna_measure, mutual_knn_measure
+from featurelens.compare.relative import relative_measure
+from featurelens.compare.rsa import rsa_measure
 from featurelens.compare.shape import procrustes_measure, shape_measure
 from featurelens.errors import CompareError
 
@@ -25,6 +28,10 @@ MEASURES: dict[str, Callable[..., Measure]] = {
     "pwcca": pwcca_measure,
     "procrustes": procrustes_measure,
     "shape": shape_measure,
+    "rsa": rsa_measure,
+    "mutual-knn": mutual_knn_measure,
+    "cknna": cknna_measure,
+    "relative": relative_measure,
 }
 
 DEFAULT_MEASURE = "cka"
