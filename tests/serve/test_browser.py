@@ -6,12 +6,22 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Route, sync_playwright
 
-from tests.serve.conftest import ARTIFACTS, DEAD, NEURON_HOOK, OTHER_DEAD, OTHER_HOOK, PROBED_UNIT
+from tests.serve.conftest import (
+    ARTIFACTS,
+    DEAD,
+    NEURON_HOOK,
+    OTHER_DEAD,
+    OTHER_HOOK,
+    PROBED_UNIT,
+    start_server,
+)
+from tests.serve.test_compare_view import NOT_SIGNIFICANT, NOT_SIGNIFICANT_P, plant_compare
 
 pytestmark = pytest.mark.browser
 
@@ -202,3 +212,60 @@ def test_the_probe_view_draws_its_charts_and_opens_unit_pages(browser: Browser, 
         tab.wait_for_function(f"location.hash === '#/feature/{PROBED_UNIT}'")
         tab.wait_for_selector("#top-contexts")
         assert tab.locator("h1").inner_text() == f"Feature {PROBED_UNIT}"
+
+
+@pytest.fixture(scope="module")
+def compare_server(atlas_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The planted atlas beside the planted comparison folder of tests/serve/test_compare_view.py."""
+    folder = plant_compare(tmp_path_factory.mktemp("compare") / "maps")
+    process, url = start_server(atlas_path, "--compare", str(folder))
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_the_compare_view_draws_every_cell_and_marks_the_one_not_significant(
+    browser: Browser, compare_server: str
+) -> None:
+    served = httpx.get(f"{compare_server}/api/compare").json()
+    cells = sum(len(m["hooks_a"]) * len(m["hooks_b"]) for m in served["maps"])  # per measure
+    map_name, measure, row, col = NOT_SIGNIFICANT
+    with local_tab(browser, compare_server) as tab:
+        tab.goto(compare_server)
+        tab.wait_for_selector("#compare-link")
+        tab.click("#compare-link")
+        tab.wait_for_selector("svg.compare-map")
+        assert tab.locator("svg.compare-map").count() == len(served["maps"])
+        assert tab.locator(f'svg.compare-map[data-measure="{measure}"] rect.cell').count() == cells
+        assert tab.locator("rect.cell.not-significant").count() == 1
+        assert tab.locator("svg.compare-map circle.ns").count() == 1
+        unmarked = tab.locator("rect.cell:not(.not-significant)").first.locator("title").text_content() or ""
+        assert "p = 0.0100 (significant at 0.05)" in unmarked
+        marked = tab.locator(f'svg.compare-map[data-map="{map_name}"] rect.cell.not-significant')
+        assert (marked.get_attribute("data-row"), marked.get_attribute("data-col")) == (str(row), str(col))
+        title = marked.locator("title").text_content() or ""
+        assert f"p = {NOT_SIGNIFICANT_P}" in title and "not significant" in title
+        assert "layers.2.resid_post × layers.1.resid_post" in title and "null 0.00300 ± 0.00400" in title
+        assert tab.locator("svg.compare-map rect.cell.unknown").count() == 0  # every cka value is finite
+        stats = tab.inner_text("#compare-stats")
+        assert "20,000 rows" in stats and "100 permutations of 512 rows" in stats
+        assert "same tokenizer: identical rows" in stats
+        info = tab.inner_text("#compare-measure-info")
+        assert "debiased linear CKA" in info and "similarity (higher = more alike)" in info
+        main = tab.inner_text("main")
+        assert (
+            "null" not in main.replace("null model", "").replace("null:", "")
+            and "undefined" not in main
+            and "NaN" not in main
+        )
+        assert tab.locator('a[href="/api/compare/png/a-a_cka.png"]').count() == 1
+        shot(tab, "compare")
+
+        tab.select_option("#compare-measure", "procrustes")
+        tab.wait_for_selector('svg.compare-map[data-measure="procrustes"]')
+        assert tab.locator("svg.compare-map rect.cell").count() == cells
+        assert (
+            tab.locator("svg.compare-map rect.cell.unknown").count() == 2
+        )  # the NaN cell and the absent one
+        assert tab.locator("rect.cell.not-significant").count() == 0
+        assert "distance (lower = more alike), a metric" in tab.inner_text("#compare-measure-info")

@@ -1,5 +1,5 @@
 """Browse an atlas in a local web app: overview, feature pages, search, try your own text, steering, and
-optionally a circuit, a neuron report and probe results beside it.
+optionally a circuit, a neuron report, probe results and layer x layer maps beside it.
 
 Serves the atlas's own data and the app's own assets (no CDN: works offline) on 127.0.0.1 unless --host
 says otherwise. The model and dictionary the atlas was built from load on first use of "try your own
@@ -13,6 +13,7 @@ examples:
   featurelens serve runs/neurons.sqlite --neurons runs/neurons     # plus the neuron report (#/neurons)
   featurelens serve runs/neurons.sqlite --probe runs/probe         # plus probe results (#/probe)
   featurelens serve runs/neurons.sqlite --probe runs/probe-l1 --probe runs/probe-l2   # several
+  featurelens serve runs/demo/atlas.sqlite --compare runs/compare   # plus layer x layer maps (#/compare)
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from rich.console import Console
 from featurelens.errors import FeatureLensError
 
 HELP = (
-    "browse an atlas in a local web app (search, feature pages, try text, steer, circuits, neurons, probes)"
+    "browse an atlas in a local web app (search, feature pages, try text, steer, circuits, neurons, probes, "
+    "layer maps)"
 )
 
 
@@ -58,6 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also show these probe results (a `featurelens probe` folder; repeat for several), units "
         "linked to the atlas's pages when it maps their hook (neurons) or dictionary (features)",
     )
+    parser.add_argument(
+        "--compare",
+        metavar="FOLDER",
+        help="also show these layer x layer similarity maps (a `featurelens compare` folder)",
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -82,6 +89,7 @@ def main(args: argparse.Namespace) -> int:
         circuit=args.circuit,
         neurons=args.neurons,
         probes=args.probe,
+        compare=args.compare,
     )
     if not is_loopback(args.host):
         console.print(

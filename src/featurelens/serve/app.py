@@ -3,7 +3,7 @@
 Routes (the OpenAPI schema is at ``/openapi.json``):
 
     GET  /                          the single-page app (overview, #/feature/ID, #/try, #/steer, #/circuit,
-                                    #/neurons, #/probe)
+                                    #/neurons, #/probe, #/compare)
     GET  /static/...                its script and style sheet, served from the package only
     GET  /api/meta                  model, hook, dictionary, evaluation, settings
     GET  /api/densities             histogram of log10 feature densities, and the dead count
@@ -13,6 +13,8 @@ Routes (the OpenAPI schema is at ``/openapi.json``):
     GET  /api/circuit               the circuit being shown (``--circuit``), nodes linked to atlas pages
     GET  /api/neurons               the neuron report being shown (``--neurons``), units linked to atlas pages
     GET  /api/probe                 the probe results being shown (``--probe``), units linked to atlas pages
+    GET  /api/compare               the layer x layer maps being shown (``--compare``): values, p-values, null
+    GET  /api/compare/png/{name}    one of their heatmap PNGs, by name (``{map}_{measure}.png``) only
     GET  /api/model                 state of the live model: idle, loading, ready, failed
     POST /api/activations           {"text"} -> each token's strongest features (loads the model lazily)
     POST /api/steer                 {"prompt", "features": [{"id", "strength"}], "mode", "max_new_tokens"}
@@ -43,6 +45,7 @@ from featurelens.errors import FeatureLensError
 from featurelens.intervene.discover import read_circuit
 from featurelens.neurons import load_report
 from featurelens.serve.circuit import CircuitView, circuit_view
+from featurelens.serve.compare import CompareView, compare_png, compare_view
 from featurelens.serve.live import LiveModel, ModelBusy, Steering, TokenFeatures
 from featurelens.serve.neurons import NeuronView, neuron_view
 from featurelens.serve.probe import ProbeViews, probe_views
@@ -71,6 +74,7 @@ class Meta(BaseModel):
     circuit: bool  # whether /api/circuit has a circuit to show
     neurons: bool  # whether /api/neurons has a neuron report to show
     probe: bool  # whether /api/probe has probe results to show
+    compare: bool  # whether /api/compare has layer x layer maps to show
 
 
 class Densities(BaseModel):
@@ -151,7 +155,7 @@ class SteerRequest(StrictBody):
 
 ERRORS = {
     400: "a request the atlas or model cannot serve (e.g. a body that is not JSON)",
-    404: "no such feature, circuit, neuron report or probe result",
+    404: "no such feature, circuit, neuron report, probe result or comparison",
     422: "a parameter or body field of the wrong type or out of range",
     429: "the model is loading; retry after the Retry-After seconds",
 }
@@ -193,14 +197,16 @@ def create_app(
     circuit: str | Path | None = None,
     neurons: str | Path | None = None,
     probes: Sequence[str | Path] = (),
+    compare: str | Path | None = None,
 ) -> FastAPI:
     """The app serving ``atlas_path`` (and the circuit file ``circuit``, the neuron report folder
-    ``neurons`` and the probe result folders ``probes``, if given); ``model`` overrides the model named in
-    the atlas."""
+    ``neurons``, the probe result folders ``probes`` and the comparison folder ``compare``, if given);
+    ``model`` overrides the model named in the atlas."""
     atlas = Atlas.open(atlas_path)
     graph = circuit_view(read_circuit(circuit), atlas.meta) if circuit is not None else None
     report = neuron_view(load_report(neurons), atlas.meta) if neurons is not None else None
     probed = probe_views(probes, atlas.meta) if probes else None
+    compared = compare_view(compare) if compare is not None else None
     served = _Served(atlas, LiveModel(atlas.meta, model=model, device=device), threading.Lock())
     app = FastAPI(
         title="featurelens",
@@ -245,6 +251,7 @@ def create_app(
             circuit=graph is not None,
             neurons=report is not None,
             probe=probed is not None,
+            compare=compared is not None,
         )
 
     @app.get("/api/densities")
@@ -311,6 +318,19 @@ def create_app(
     @app.get("/api/probe", responses=errors(404))
     def probe_results() -> ProbeViews:
         return served_or_404(probed, "probe result", "--probe")
+
+    @app.get("/api/compare", responses=errors(404))
+    def comparison() -> CompareView:
+        return served_or_404(compared, "comparison", "--compare")
+
+    @app.get("/api/compare/png/{name}", responses=errors(404), response_class=FileResponse)
+    def comparison_png(name: str) -> FileResponse:
+        png = compare_png(served_or_404(compared, "comparison", "--compare"), name)
+        if png is None or not png.is_file():
+            raise HTTPException(
+                404, f"no heatmap {name!r} in the comparison; names are {{map}}_{{measure}}.png"
+            )
+        return FileResponse(png, media_type="image/png")
 
     @app.get("/api/model")
     def model_state() -> ModelState:

@@ -1,5 +1,5 @@
-// featurelens web app: one page, seven views (#/, #/feature/ID, #/try, #/steer, #/circuit, #/neurons, #/probe),
-// built on /api.
+// featurelens web app: one page, eight views (#/, #/feature/ID, #/try, #/steer, #/circuit, #/neurons, #/probe,
+// #/compare), built on /api.
 "use strict";
 
 const view = document.getElementById("view");
@@ -510,6 +510,126 @@ async function probeView() {
   );
 }
 
+// viridis, as in the PNGs (featurelens.compare.plots): reversed for distances so "alike" is always yellow
+const VIRIDIS = ["#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c", "#28ae80", "#5ec962", "#addc30", "#fde725"];
+const compareState = { measure: null };
+
+function viridis(t) {
+  const x = Math.max(0, Math.min(1, t)) * (VIRIDIS.length - 1), i = Math.min(VIRIDIS.length - 2, Math.floor(x));
+  const [a, b] = [VIRIDIS[i], VIRIDIS[i + 1]].map((h) => [1, 3, 5].map((k) => parseInt(h.slice(k, k + 2), 16)));
+  return `rgb(${a.map((v, k) => Math.round(v + (b[k] - v) * (x - i))).join(",")})`;
+}
+
+function hookLabels(hooks) {  // layers.N.point hooks of one point kind: N under "layer (point)", as in the PNGs
+  const layered = hooks.map((h) => h.match(/^layers\.(\d+)\.(.+)$/));
+  const points = new Set(layered.filter(Boolean).map((m) => m[2]));
+  if (points.size !== 1) return [hooks, "hook"];
+  return [hooks.map((h, i) => (layered[i] ? layered[i][1] : h)), `layer (${[...points][0]})`];
+}
+
+function compareMap(map, grid, measure, alpha) {  // hooks_a rows (layer 0 at the bottom) x hooks_b columns
+  const [rowLabels, rowTitle] = hookLabels(map.hooks_a), [colLabels, colTitle] = hookLabels(map.hooks_b);
+  const long = (labels) => Math.max(...labels.map((l) => l.length)) > 4;
+  const cell = Math.max(10, Math.min(36, Math.floor(480 / Math.max(map.hooks_a.length, map.hooks_b.length))));
+  const left = long(rowLabels) ? 150 : 52, top = 8, bottom = long(colLabels) ? 150 : 42;
+  // at least as wide as the axis titles under a narrow map
+  const width = Math.max(280, left + map.hooks_b.length * cell + 8), height = top + map.hooks_a.length * cell + bottom;
+  const svg = svgEl("svg", { class: "compare-map", width, height, viewBox: `0 0 ${width} ${height}`,
+    "data-map": map.name, "data-measure": measure.name });
+  const span = measure.high - measure.low || 1;
+  const rows = map.hooks_a.length;
+  map.hooks_a.forEach((hookA, i) => map.hooks_b.forEach((hookB, j) => {
+    const value = grid.value[i][j], p = grid.p_value[i][j];
+    const marked = value !== null && p !== null && !grid.significant[i][j];
+    const x = left + j * cell, y = top + (rows - 1 - i) * cell;
+    const rect = svgEl("rect", { x, y, width: cell - 1, height: cell - 1, "data-row": i, "data-col": j,
+      class: "cell" + (value === null ? " unknown" : "") + (marked ? " not-significant" : "") });
+    if (value !== null) {
+      const t = (value - measure.low) / span;
+      rect.setAttribute("fill", viridis(measure.kind === "distance" ? 1 - t : t));
+    }
+    const test = p === null ? "no permutation test" : `p = ${fmt(p)} (${grid.significant[i][j] ? "significant" : "not significant"} at ${alpha})`;
+    rect.append(svgEl("title", {}, `${hookA} × ${hookB}\n${measure.name} = ${fmt(value)}\n${test}\n` +
+      `null ${fmt(grid.null_mean[i][j])} ± ${fmt(grid.null_std[i][j])}` +
+      (grid.value_rows[i][j] === null ? "" : `\n${grid.value_rows[i][j].toLocaleString()} rows`)));
+    svg.append(rect);
+    if (marked) svg.append(svgEl("circle", { cx: x + (cell - 1) / 2, cy: y + (cell - 1) / 2, r: Math.max(1.5, cell * 0.15), class: "ns" }));
+  }));
+  const every = Math.ceil(Math.max(rows, map.hooks_b.length) / 32);
+  rowLabels.forEach((label, i) => { if (i % every === 0) svg.append(svgEl("text", {
+    x: left - 4, y: top + (rows - 1 - i) * cell + cell / 2 + 3, "text-anchor": "end" }, label)); });
+  colLabels.forEach((label, j) => {
+    if (j % every !== 0) return;
+    const x = left + j * cell + cell / 2, y = top + rows * cell + 12;
+    svg.append(long(colLabels) ? svgEl("text", { x, y: y - 6, "text-anchor": "end", transform: `rotate(-90 ${x} ${y - 6})` }, label)
+      : svgEl("text", { x, y, "text-anchor": "middle" }, label));
+  });
+  const middle = top + (rows * cell) / 2;
+  svg.append(svgEl("text", { x: 10, y: middle, "text-anchor": "middle", class: "axis-title",
+    transform: `rotate(-90 10 ${middle})` }, `${map.a}: ${rowTitle}`));
+  svg.append(svgEl("text", { x: left + (map.hooks_b.length * cell) / 2, y: height - 6, "text-anchor": "middle",
+    class: "axis-title" }, `${map.b}: ${colTitle}`));
+  return svg;
+}
+
+function colourKey(measure, view) {  // the colour ramp (alike at the yellow end) and the dot's meaning
+  const width = 220, svg = svgEl("svg", { class: "compare-key", width: width + 520, height: 34 });
+  for (let k = 0; k < 44; k++) {
+    const t = k / 43;
+    svg.append(svgEl("rect", { x: k * 5, y: 2, width: 5, height: 12, fill: viridis(measure.kind === "distance" ? 1 - t : t) }));
+  }
+  svg.append(svgEl("text", { x: 0, y: 28 }, fmt(measure.low)), svgEl("text", { x: width, y: 28, "text-anchor": "end" }, fmt(measure.high)));
+  svg.append(svgEl("rect", { x: width + 14, y: 2, width: 12, height: 12, fill: viridis(0.6) }),
+    svgEl("circle", { cx: width + 20, cy: 8, r: 2.5, class: "ns" }));
+  svg.append(svgEl("text", { x: width + 32, y: 12 }, `not significant (p > ${view.alpha}, ${view.correction || "corrected"})`));
+  svg.append(svgEl("rect", { x: width + 14, y: 18, width: 12, height: 12, class: "unknown" }),
+    svgEl("text", { x: width + 32, y: 28 }, "no value"));
+  return svg;
+}
+
+function compareMaps(view) {
+  const measure = view.measures.find((m) => m.name === compareState.measure) || view.measures[0];
+  compareState.measure = measure.name;
+  const alike = measure.kind === "distance" ? "lower = more alike" : "higher = more alike";
+  return [
+    el("div", { class: "panel", id: "compare-measure-info", "data-measure": measure.name },
+      el("b", {}, measure.name), ` — ${measure.kind} (${alike})`, measure.metric ? ", a metric" : ", not a metric",
+      el("p", {}, measure.description || ""),
+      Object.keys(measure.options).length ? el("p", { class: "muted" }, "options: " +
+        Object.entries(measure.options).map(([k, v]) => `${k} = ${JSON.stringify(v)}`).join(", ")) : null,
+      colourKey(measure, view)),
+    el("div", { class: "compare-maps" }, view.maps.map((map) => {
+      const grid = map.grids.find((g) => g.measure === measure.name);
+      return el("section", { class: "compare-section", "data-map": map.name },
+        el("h3", {}, map.title),
+        compareMap(map, grid, measure, view.alpha),
+        grid.png ? el("a", { href: grid.png, class: "muted", target: "_blank" }, `${map.name}_${measure.name}.png`) : null);
+    })),
+  ];
+}
+
+async function compareView() {
+  const view = await api("/api/compare");
+  const maps = el("div", { id: "compare-body" }, compareMaps(view));
+  const select = el("select", { id: "compare-measure", onchange: (event) => {
+    compareState.measure = event.target.value;
+    maps.replaceChildren(...compareMaps(view).filter(Boolean));
+  } }, view.measures.map((m) => el("option", { value: m.name }, `${m.name} (${m.kind})`)));
+  select.value = compareState.measure;
+  put(
+    el("h1", {}, "Layer × layer maps"),
+    el("div", { class: "stats", id: "compare-stats" },
+      el("span", {}, el("b", {}, view.rows.toLocaleString()), " rows"),
+      view.null_rows === null ? null : el("span", {}, "null: ", el("b", {}, view.permutations), " permutations of ",
+        el("b", {}, view.null_rows.toLocaleString()), " rows"),
+      view.null_rows === null ? el("span", {}, el("b", {}, view.permutations), " permutations") : null,
+      el("span", {}, "alpha ", el("b", {}, view.alpha), view.correction ? ` (${view.correction})` : ""),
+      view.alignment ? el("span", {}, "alignment: ", el("b", {}, view.alignment)) : null),
+    el("p", {}, el("label", {}, "measure ", select), el("span", { class: "muted" }, `  ${view.folder}`)),
+    maps,
+  );
+}
+
 async function render() {
   const hash = decodeURIComponent(location.hash.slice(1)) || "/";
   try {
@@ -521,6 +641,7 @@ async function render() {
     else if (hash.startsWith("/circuit")) await circuitView();
     else if (hash.startsWith("/neurons")) await neuronView();
     else if (hash.startsWith("/probe")) await probeView();
+    else if (hash.startsWith("/compare")) await compareView();
     else await overview();
   } catch (error) {
     put(el("p", { class: "error" }, error.message));
@@ -533,10 +654,11 @@ document.getElementById("search-form").addEventListener("submit", (event) => {
   if (query) location.hash = `#/search/${encodeURIComponent(query)}`;
 });
 window.addEventListener("hashchange", render);
-api("/api/meta").then((meta) => {  // the circuit, neuron and probe links only when they are served
+api("/api/meta").then((meta) => {  // the circuit, neuron, probe and compare links only when they are served
   const nav = document.querySelector("nav");
   if (meta.circuit) nav.append(el("a", { href: "#/circuit", id: "circuit-link" }, "circuit"));
   if (meta.neurons) nav.append(el("a", { href: "#/neurons", id: "neurons-link" }, "neurons"));
   if (meta.probe) nav.append(el("a", { href: "#/probe", id: "probe-link" }, "probes"));
+  if (meta.compare) nav.append(el("a", { href: "#/compare", id: "compare-link" }, "layer maps"));
 }).catch(() => {});
 render();
