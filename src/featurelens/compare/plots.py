@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -125,12 +126,13 @@ def draw_map(
     small = 7 if max(rows, cols) > 16 else 8
     axis.set_yticks(*_ticks(ticks_a), fontsize=small)
     axis.set_xticks(*_ticks(ticks_b), fontsize=small, rotation=90 if title_b == "hook" else 0)
-    axis.set(ylabel=title_a, xlabel=title_b, title=title)
+    axis.set(ylabel=title_a, xlabel=title_b)
+    axis.set_title(textwrap.fill(title, int(width * 72 / 6)), fontsize=10)  # ~6 points a character at 10
 
     alike = "higher" if kind == "similarity" else "lower"
     label = f"{kind}: {alike} = more alike"
-    bar = figure.colorbar(image, ax=axis, shrink=0.9)
-    bar.set_label(f"{measure} ({label})" if measure else label)
+    bar = figure.colorbar(image, ax=axis)
+    bar.set_label(f"{measure} ({label})" if measure else label, fontsize=8)
 
     marked = np.isfinite(values) & ~significant
     if tested is not None:
