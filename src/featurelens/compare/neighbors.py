@@ -27,7 +27,7 @@ def unit_rows(x: torch.Tensor, name: str = "x") -> torch.Tensor:
     norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
     zero = norms[:, 0] == 0
     if bool(zero.any()):
-        rows = torch.flatnonzero(zero)
+        rows = torch.nonzero(zero).flatten()
         raise CompareError(
             f"{name} has {len(rows)} all-zero rows (first: row {int(rows[0])}), which have no cosine "
             "similarity to anything; drop them from both representations first"

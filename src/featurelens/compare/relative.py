@@ -68,8 +68,9 @@ def relative_state(x: torch.Tensor, anchors: torch.Tensor, name: str = "x") -> R
     norms = torch.linalg.vector_norm(relative, dim=1, keepdim=True)
     flat = norms[:, 0] == 0
     if bool(flat.any()):
+        row = int(torch.nonzero(flat).flatten()[0])
         raise CompareError(
-            f"{name} row {int(torch.flatnonzero(flat)[0])} is orthogonal to every anchor, so its relative "
+            f"{name} row {row} is orthogonal to every anchor, so its relative "
             "vector has no direction; use more anchors or drop the row"
         )
     is_anchor = torch.zeros(x.shape[0], dtype=torch.bool)

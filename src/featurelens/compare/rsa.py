@@ -50,7 +50,7 @@ def rdm(x: torch.Tensor, distance: str = "correlation") -> torch.Tensor:
         # Relative, so that a constant row whose mean rounds (0.1 three times) still counts as constant.
         constant = spread <= 1e-12 * x.abs().amax(dim=1)
         if bool(constant.any()):
-            rows = torch.flatnonzero(constant)
+            rows = torch.nonzero(constant).flatten()
             raise CompareError(
                 f"correlation distance needs rows that vary across units, but {len(rows)} rows are constant "
                 f"(first: row {int(rows[0])}); use distance='euclidean' or drop them"
