@@ -38,6 +38,7 @@ Run from the project venv::
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import subprocess
@@ -260,6 +261,14 @@ def rsatoolbox_rsa(x: np.ndarray, y: np.ndarray, method: str) -> float:
     return float(rsatoolbox.rdm.compare(rdm_x, rdm_y, method=method)[0, 0])
 
 
+def repsim_song_ratio(x: np.ndarray, y: np.ndarray) -> float:
+    """Debiased CKA from repsim's own unbiased ("song") HSIC matrix, normalised consistently."""
+    import repsim
+
+    hsic = repsim.hsic([x, y], "linear", "song")
+    return float(hsic[0, 1] / math.sqrt(hsic[0, 0] * hsic[1, 1]))
+
+
 def ckatorch_cka(x: np.ndarray, y: np.ndarray, **options: Any) -> float:
     from ckatorch.core import cka_base
 
@@ -297,6 +306,13 @@ def gram_cases(x: np.ndarray, y: np.ndarray) -> list[Case]:
             "repsim linear song",
             lambda: linear_cka(tx, ty),
             lambda: repsim.cka([x, y], "linear", "song")[0, 1],
+            "r",
+        ),
+        (
+            "cka",
+            "repsim hsic(song): xy / sqrt(xx yy)",
+            lambda: linear_cka(tx, ty),
+            lambda: repsim_song_ratio(x, y),
             "",
         ),
         (
@@ -449,6 +465,10 @@ def cca_cases(x: np.ndarray, y: np.ndarray) -> list[Case]:
 
 NOTES = {
     "f": "peer is a formula transcribed into this script",
+    "r": "repsim 0.1.5's cka(estimator='song') divides the unbiased HSIC(x, y) by the square root of the "
+    "*biased* (gretton) self-HSICs: it equals hsic(song)[0,1] / sqrt(hsic(gretton)[0,0] hsic(gretton)[1,1]) "
+    "to rounding, while its own hsic(song) normalised consistently (next row) matches featurelens and the "
+    "float64 Song U-statistic: a repsim inconsistency, not a featurelens error",
     "m": "bandwidth: Kornblith/ckatorch take the median of squared distances incl. the zero diagonal; "
     "featurelens the median distance between distinct rows (a different, documented convention)",
     "w": "definitions differ for 0<alpha<1: netrep whitens by alpha + (1-alpha) lam^-1/2; featurelens by "
@@ -580,7 +600,7 @@ def streamed_map(chunks: Callable[[], Any]) -> tuple[torch.Tensor, int]:
 def map_report(
     label: str,
     chunks: Callable[[], Any],
-    load: Callable[[int], np.ndarray],
+    load: Callable[[int], np.ndarray],  # hook index -> its rows [n, width] float32
     n: int,
     widths: list[int],
     pairs: list[tuple[int, int]],
@@ -598,13 +618,17 @@ def map_report(
     for i, j in pairs:
         start = time.perf_counter()
         x, y = load(i), load(j)  # a per-pair user loads both layers for every pair
-        value = kornblith_feature_space_cka(x, y)
+        value = kornblith_feature_space_cka(x.astype(np.float64), y.astype(np.float64))
         per_pair.append(time.perf_counter() - start)
         del x, y
         diffs.append(
             f"({i},{j}) fl {float(cka_map[i, j]):.10f} peer {value:.10f} "
             f"diff {abs(float(cka_map[i, j]) - value):.1e}"
         )
+    i, j = pairs[0]
+    start = time.perf_counter()
+    single = kornblith_feature_space_cka(load(i), load(j))
+    single_seconds = time.perf_counter() - start
     all_pairs = h * (h + 1) // 2
     peer_seconds = float(np.mean(per_pair)) * all_pairs
     adjacent = np.array([float(cka_map[i, i + 1]) for i in range(h - 1)])
@@ -618,7 +642,11 @@ def map_report(
         f"{len(pairs)} sampled pairs, {np.mean(per_pair):.2f} s each (min {min(per_pair):.2f}, max "
         f"{max(per_pair):.2f}); extrapolated to all {all_pairs} pairs i <= j: {peer_seconds:,.0f} s "
         f"(EXTRAPOLATED, not run)",
-        f"  ratio (per-pair extrapolated / streamed): {peer_seconds / fl_seconds:.1f}x",
+        f"  the same per-pair call in float32 (the store's dtype, as loaded): {single_seconds:.2f} s for "
+        f"({i},{j}), value {single:.10f} (|diff| to featurelens {abs(single - float(cka_map[i, j])):.1e}); "
+        f"x {all_pairs} pairs = {single_seconds * all_pairs:,.0f} s (EXTRAPOLATED)",
+        f"  ratio (per-pair float64 extrapolated / streamed): {peer_seconds / fl_seconds:.1f}x; float32: "
+        f"{single_seconds * all_pairs / fl_seconds:.1f}x",
         "  agreement on the sampled pairs: " + "; ".join(diffs),
         f"  sanity: adjacent-layer CKA mean {adjacent.mean():.4f} (min {adjacent.min():.4f} at "
         f"{int(adjacent.argmin())}-{int(adjacent.argmin()) + 1}, max {adjacent.max():.4f}); first vs last "
@@ -644,7 +672,7 @@ def synthetic_map(n: int, hooks: int, width: int, peak: float) -> list[str]:
 
     pairs = [(0, 1), (0, hooks - 1), (hooks // 2, hooks // 2 + 1)]
     label = f"synthetic stack of {hooks} hooks x [{n:,}, {width}] float32 (no store, --quick)"
-    return map_report(label, chunks, lambda h: layers[h].astype(np.float64), n, [width] * hooks, pairs, peak)
+    return map_report(label, chunks, lambda h: layers[h], n, [width] * hooks, pairs, peak)
 
 
 def store_map(tokens: int, peak: float) -> list[str]:
@@ -654,7 +682,8 @@ def store_map(tokens: int, peak: float) -> list[str]:
     from featurelens.capture.store import ActivationStore
 
     hooks = [f"layers.{i}.resid_post" for i in range(LAYERS)]
-    if not (STORE / "manifest.json").exists():
+    manifest = STORE / "manifest.json"
+    if not manifest.exists() or not json.loads(manifest.read_text()).get("complete"):
         command = [str(Path(sys.executable).parent / "featurelens"), "capture", "--tokens", str(tokens)]
         command += [arg for hook in hooks for arg in ("--hook", hook)] + ["--out", str(STORE), "--overwrite"]
         print(f"# capturing the store once (minutes): {' '.join(command[:5])} --hook ... --out {STORE}")
@@ -668,7 +697,7 @@ def store_map(tokens: int, peak: float) -> list[str]:
             yield part.acts
 
     def load(i: int) -> np.ndarray:
-        return np.asarray(store.activations(hooks[i])[:n], dtype=np.float64)
+        return np.asarray(store.activations(hooks[i])[:n], dtype=np.float32)
 
     pairs = [(0, 1), (14, 15), (28, 29), (0, LAYERS - 1), (5, 20)]
     label = (
@@ -694,7 +723,7 @@ def main() -> None:
     repeats = args.repeats or (1 if args.quick else 3)
     permutations = args.permutations or (50 if args.quick else 1000)
     sizes = [(150, 48)] if args.quick else [(500, 256), (500, 576)]
-    cca_sizes = [(600, 24)] if args.quick else [(2000, 64), (5000, 256)]
+    cca_sizes = [(600, 24)] if args.quick else [(2000, 64), (4000, 128)]
     warnings.simplefilter("ignore")
 
     started = time.perf_counter()
