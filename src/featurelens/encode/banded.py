@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from featurelens.encode.folds import Fold
+from featurelens.encode.paths import threads_for
 from featurelens.encode.ridge import (
     DEFAULT_ALPHAS,
     TARGET_CHUNK,
@@ -59,6 +60,14 @@ def band_scalings(n_bands: int, n_candidates: int, seed: int = 0) -> np.ndarray:
     return np.concatenate([corners, equal, random])
 
 
+def column_scale(gamma: np.ndarray, columns: Sequence[np.ndarray], n_features: int) -> np.ndarray:
+    """Per feature column [n_features], sqrt(gamma_b) of its band."""
+    scale = np.empty(n_features)
+    for g, band in zip(gamma, columns, strict=True):
+        scale[band] = np.sqrt(g)
+    return scale
+
+
 @dataclass
 class BandedRidgeEncoder(_LinearModel):
     """Banded ridge with a per-target (band scalings, alpha), see the module docstring.
@@ -85,6 +94,10 @@ class BandedRidgeEncoder(_LinearModel):
     def fit(self, x: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> BandedRidgeEncoder:
         x, y2 = check_xy(x, y)
         assert y2 is not None
+        with threads_for(x.shape[0] * (x.shape[1] + y2.shape[1])):
+            return self._fit(x, y2, groups)
+
+    def _fit(self, x: np.ndarray, y2: np.ndarray, groups: np.ndarray | None) -> BandedRidgeEncoder:
         grid = check_alphas(self.alphas)
         columns = band_columns(self.bands, x.shape[1])
         candidates = band_scalings(len(columns), self.n_candidates, self.seed)
@@ -94,7 +107,7 @@ class BandedRidgeEncoder(_LinearModel):
         best_candidate = np.zeros(n_targets, dtype=np.int64)
         best_alpha = np.full(n_targets, grid[0])
         for c, gamma in enumerate(candidates):
-            scaled = x * self._column_scale(gamma, columns, x.shape[1])
+            scaled = x * column_scale(gamma, columns, x.shape[1])
             if folds is None:
                 scores = loo_path_scores(scaled, y2, grid, self.fit_intercept, self.target_chunk)
             else:
@@ -112,7 +125,7 @@ class BandedRidgeEncoder(_LinearModel):
         self.intercept_ = np.zeros(n_targets, dtype=dtype)
         for c in np.unique(best_candidate):
             chosen = np.flatnonzero(best_candidate == c)
-            scale = self._column_scale(candidates[c], columns, x.shape[1])
+            scale = column_scale(candidates[c], columns, x.shape[1])
             coef, intercept = ridge_solve(
                 x * scale, y2[:, chosen], best_alpha[chosen], self.fit_intercept, self.target_chunk
             )
@@ -123,10 +136,3 @@ class BandedRidgeEncoder(_LinearModel):
         with np.errstate(divide="ignore"):
             self.band_alphas_ = best_alpha[:, None] / self.scalings_
         return self
-
-    @staticmethod
-    def _column_scale(gamma: np.ndarray, columns: list[np.ndarray], n_features: int) -> np.ndarray:
-        scale = np.empty(n_features)
-        for g, band in zip(gamma, columns, strict=True):
-            scale[band] = np.sqrt(g)
-        return scale

@@ -32,8 +32,8 @@ from featurelens.encode.ceiling import (
 )
 from featurelens.encode.delays import delay, delayed_bands
 from featurelens.encode.folds import make_folds
-from featurelens.encode.permutation import check_permutation_count, permutation_pvalues
-from featurelens.encode.ridge import DEFAULT_ALPHAS, RidgeEncoder, check_alphas, r2_per_target
+from featurelens.encode.permutation import FoldRefit, check_permutation_count, permutation_pvalues
+from featurelens.encode.ridge import DEFAULT_ALPHAS, RidgeEncoder, check_alphas, inner_folds, r2_per_target
 from featurelens.errors import EncodeError
 
 ALPHA_SELECTIONS = ("inner-cv", "loo")
@@ -79,6 +79,11 @@ class EncodeSettings:
             raise EncodeError(
                 "permutations and band candidates must be >= 0 and the permutation block >= 1, got "
                 f"{self.permutations}, {self.band_candidates} and {self.permutation_block}"
+            )
+        if self.bands and self.permutations:
+            raise EncodeError(
+                "permutation nulls are for plain ridge: they redo every fold's alpha choice, which banded "
+                "ridge's band search would make slow; drop --bands or --permutations"
             )
         if any(not 0 <= start < stop for start, stop in self.bands):
             raise EncodeError(
@@ -246,9 +251,7 @@ def cross_validate_encoding(
 
     folds = make_folds(len(x), settings.folds, groups)
     if settings.permutations:
-        check_permutation_count(
-            [test for _, test in folds], settings.permutations, settings.permutation_block
-        )
+        check_permutation_count(len(x), settings.permutations, settings.permutation_block)
     n_bands = len(settings.bands)
     if n_bands:
         n_features = x.shape[1] // max(len(settings.delays), 1)
@@ -267,6 +270,7 @@ def cross_validate_encoding(
     alphas = np.empty((len(folds), n_targets))
     band_alphas = np.empty((len(folds), n_targets, n_bands)) if n_bands else None
     cv: int | str = settings.inner_folds if settings.alpha_selection == "inner-cv" else "loo"
+    refits: list[FoldRefit] = []
     for f, (train, test) in enumerate(folds):
         if progress is not None:
             progress(f, total, f"fold {f + 1}/{len(folds)}")
@@ -281,6 +285,10 @@ def cross_validate_encoding(
             band_alphas[f] = model.band_alphas_
         else:
             model = RidgeEncoder(settings.alphas, cv).fit(x_train, y_fit[train], fold_groups)
+            if settings.permutations:
+                inner = inner_folds(cv, len(train), fold_groups)
+                grid = check_alphas(settings.alphas)
+                refits.append(FoldRefit.build(x_train, x_test, train, test, grid, inner))
         predictions[test] = model.predict(x_test)
         fold_r2[f] = r2_per_target(y_fit[test], predictions[test])
         alphas[f] = model.best_alphas_
@@ -316,14 +324,8 @@ def cross_validate_encoding(
             if progress is not None and (p % 10 == 0 or p == settings.permutations):
                 progress(done + p, total, "permutations")
 
-        result.pvalues = permutation_pvalues(
-            y_fit,
-            predictions,
-            result.test_rows,
-            settings.permutations,
-            settings.permutation_block,
-            settings.seed,
-            permuted,
+        result.pvalues, _ = permutation_pvalues(
+            y_fit, refits, settings.permutations, settings.permutation_block, settings.seed, permuted
         )
     if progress is not None:
         progress(total, total, "done")

@@ -32,11 +32,18 @@ import numpy as np
 import torch
 
 from featurelens.encode.folds import Fold, blocked_folds, grouped_folds
+from featurelens.encode.paths import (
+    LeaveOneOutPath,
+    SplitPath,
+    best_alpha_index,
+    centred_svd,
+    shrinkage,
+    threads_for,
+)
 from featurelens.errors import EncodeError
 
 DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-2, 5, 15))
 TARGET_CHUNK = 4096
-SMALL_SVD = 4_000_000  # entries below which the SVD runs on one thread (threads spin and slow it 5x here)
 
 
 def as_2d(y: np.ndarray, what: str = "targets") -> np.ndarray:
@@ -68,28 +75,6 @@ def check_xy(x: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarray, np
 def work_dtype(y: np.ndarray) -> torch.dtype:
     """float64 for float64 targets, else float32: the dtype of the products over targets."""
     return torch.float64 if np.asarray(y).dtype == np.float64 else torch.float32
-
-
-def centred_svd(x: torch.Tensor, fit_intercept: bool) -> tuple[torch.Tensor, ...]:
-    """Mean [d] (zeros without intercept) and the thin SVD U [n, k], s [k], Vᵀ [k, d] of the centred
-    ``x`` [n, d], all float64."""
-    x = x.double()
-    mean = x.mean(0) if fit_intercept else torch.zeros(x.shape[1], dtype=torch.float64)
-    threads = torch.get_num_threads()
-    if x.numel() < SMALL_SVD:
-        torch.set_num_threads(1)
-    try:
-        u, s, vt = torch.linalg.svd(x - mean, full_matrices=False)
-    finally:
-        torch.set_num_threads(threads)
-    return mean, u, s, vt
-
-
-def shrinkage(s: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
-    """s / (s² + alpha) as [k, len(alphas)] (float64); 0 for singular values that are numerically 0."""
-    s = s[:, None]
-    kept = s > s.max() * max(s.shape[0], 1) * torch.finfo(torch.float64).eps
-    return torch.where(kept, s / (s**2 + alphas[None, :]), torch.zeros_like(s))
 
 
 def ridge_solve(
@@ -130,25 +115,12 @@ def cv_path_scores(
     dtype = work_dtype(y)
     grid = torch.as_tensor(np.asarray(alphas, dtype=np.float64))
     x_all = torch.from_numpy(np.asarray(x)).double()
+    paths = [SplitPath.build(x_all, train, test, grid, fit_intercept, dtype) for train, test in folds]
     scores = torch.zeros(len(grid), y.shape[1], dtype=torch.float64)
-    for train, test in folds:
-        mean, u, s, vt = centred_svd(x_all[train], fit_intercept)
-        f = shrinkage(s, grid).to(dtype)  # [k, A]
-        test_v = ((x_all[test] - mean) @ vt.T).to(dtype)  # [n_test, k]
-        ut = u.T.to(dtype)
-        for start in range(0, y.shape[1], target_chunk):
-            columns = slice(start, start + target_chunk)
-            y_train = torch.from_numpy(np.ascontiguousarray(y[train, columns])).to(dtype)
-            y_test = torch.from_numpy(np.ascontiguousarray(y[test, columns])).to(dtype)
-            y_mean = y_train.mean(0) if fit_intercept else torch.zeros(y_train.shape[1], dtype=dtype)
-            uty = ut @ (y_train - y_mean)  # [k, c]
-            residual_base = y_test - y_mean
-            total = ((y_test - y_test.mean(0)) ** 2).sum(0).double()
-            for a in range(len(grid)):
-                error = ((residual_base - test_v @ (f[:, a, None] * uty)) ** 2).sum(0).double()
-                r2 = torch.where(total > 0, 1 - error / total.clamp_min(1e-300), torch.zeros_like(total))
-                scores[a, columns] += r2
-    return (scores / len(folds)).numpy()
+    for start in range(0, y.shape[1], target_chunk):
+        part = torch.from_numpy(np.ascontiguousarray(y[:, start : start + target_chunk])).to(dtype)
+        scores[:, start : start + target_chunk] = sum(path.scores(part) for path in paths) / len(paths)
+    return scores.numpy()
 
 
 def loo_path_scores(
@@ -158,33 +130,16 @@ def loo_path_scores(
     fit_intercept: bool = True,
     target_chunk: int = TARGET_CHUNK,
 ) -> np.ndarray:
-    """Minus the mean squared leave-one-out error for every alpha and target: [len(alphas), t] (float64).
-
-    Exact, without refits: with H = 11ᵀ/n + U diag(s² / (s² + alpha)) Uᵀ (the intercept unpenalised), the
-    LOO residual of row i is r_i / (1 - H_ii), r the in-sample residual."""
+    """Minus the mean squared leave-one-out error for every alpha and target: [len(alphas), t] (float64),
+    exact and without refits (:class:`~featurelens.encode.paths.LeaveOneOutPath`)."""
     dtype = work_dtype(y)
     grid = torch.as_tensor(np.asarray(alphas, dtype=np.float64))
-    _, u, s, _ = centred_svd(torch.from_numpy(np.asarray(x)), fit_intercept)
-    n = u.shape[0]
-    f2 = (s[:, None] * shrinkage(s, grid)).to(dtype)  # s² / (s² + alpha), [k, A]
-    leverage = (u**2) @ (s[:, None] * shrinkage(s, grid)) + (1.0 / n if fit_intercept else 0.0)  # [n, A]
-    scale = (1.0 / (1.0 - leverage)).to(dtype)
-    u_w = u.to(dtype)
+    path = LeaveOneOutPath.build(torch.from_numpy(np.asarray(x)), grid, fit_intercept, dtype)
     scores = torch.empty(len(grid), y.shape[1], dtype=torch.float64)
     for start in range(0, y.shape[1], target_chunk):
-        columns = slice(start, start + target_chunk)
-        part = torch.from_numpy(np.ascontiguousarray(y[:, columns])).to(dtype)
-        centred = part - part.mean(0) if fit_intercept else part
-        uty = u_w.T @ centred
-        for a in range(len(grid)):
-            residual = (centred - u_w @ (f2[:, a, None] * uty)) * scale[:, a, None]
-            scores[a, columns] = -(residual**2).mean(0).double()
+        part = torch.from_numpy(np.ascontiguousarray(y[:, start : start + target_chunk])).to(dtype)
+        scores[:, start : start + target_chunk] = path.scores(part)
     return scores.numpy()
-
-
-def best_alpha_index(scores: np.ndarray) -> np.ndarray:
-    """Per target [t], the index of the best score in [A, t]; ties and NaN: the first alpha of the grid."""
-    return np.nan_to_num(scores, nan=-np.inf).argmax(0)
 
 
 def r2_per_target(y: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -280,12 +235,13 @@ class RidgeEncoder(_LinearModel):
         assert y2 is not None
         grid = check_alphas(self.alphas)
         folds = inner_folds(self.cv, len(x), groups)
-        if folds is None:
-            self.cv_scores_ = loo_path_scores(x, y2, grid, self.fit_intercept, self.target_chunk)
-        else:
-            self.cv_scores_ = cv_path_scores(x, y2, grid, folds, self.fit_intercept, self.target_chunk)
-        self.best_alphas_ = grid[best_alpha_index(self.cv_scores_)]
-        self.coef_, self.intercept_ = ridge_solve(
-            x, y2, self.best_alphas_, self.fit_intercept, self.target_chunk
-        )
+        with threads_for(x.shape[0] * (x.shape[1] + y2.shape[1])):
+            if folds is None:
+                self.cv_scores_ = loo_path_scores(x, y2, grid, self.fit_intercept, self.target_chunk)
+            else:
+                self.cv_scores_ = cv_path_scores(x, y2, grid, folds, self.fit_intercept, self.target_chunk)
+            self.best_alphas_ = grid[best_alpha_index(self.cv_scores_)]
+            self.coef_, self.intercept_ = ridge_solve(
+                x, y2, self.best_alphas_, self.fit_intercept, self.target_chunk
+            )
         return self
