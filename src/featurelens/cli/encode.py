@@ -12,7 +12,8 @@ alpha is chosen from --alphas by --inner-folds inner folds (or --alpha-selection
 leave-one-out) and the model refit; --bands gives each feature band its own alpha (banded ridge);
 --delays stacks shifted copies of the features (FIR). Reported per target, never clipped: raw held-out R²,
 the noise ceiling, raw / ceiling (NaN with the reason when the ceiling is <= 0), and with --permutations a
-p-value (test rows shuffled in blocks of --permutation-block within each fold against fixed predictions).
+p-value (recordings shuffled in blocks of --permutation-block rows, the whole cross-validation redone,
+alpha choices included, for each permutation; plain ridge only).
 
 Writes OUT/results.json, targets.parquet and r2_vs_ceiling.png.
 

@@ -11,7 +11,8 @@ per target:
   (:mod:`featurelens.encode.ceiling`), both estimates kept; ``normalised`` = raw / ceiling, NaN with a
   reason where the ceiling is not positive; nothing is clipped;
 * ``pvalue`` — with ``permutations`` > 0, the permutation p-value of ``raw_r2``
-  (:mod:`featurelens.encode.permutation`: test rows shuffled in blocks within each fold, no refit);
+  (:mod:`featurelens.encode.permutation`: the recordings shuffled in blocks and the whole
+  cross-validation, alpha choices included, redone for each of the permutations; plain ridge only);
 * ``reason`` — why any of these is NaN ("" when none is).
 """
 
