@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from featurelens.compare.maps import MapJob, MapResult
-from featurelens.compare.plots import draw_map
+from featurelens.compare.plots import colour_limits, draw_map
 from featurelens.errors import CompareError
 from featurelens.folders import check_output_folder, staged_folder
 from featurelens.jsonio import finite
@@ -78,27 +77,23 @@ def save_maps(result: MapResult, out: Path) -> Path:
     job: MapJob = meta.pop("job")
     with staged_folder(out) as staging:
         pq.write_table(table, staging / "maps.parquet")
-        for entry in meta["maps"]:
-            for name, info in meta["measures"].items():
+        for name, info in meta["measures"].items():
+            grids = {entry["name"]: grid(table, entry["name"], name, "value") for entry in meta["maps"]}
+            limits = colour_limits(np.concatenate([values.ravel() for values in grids.values()]))
+            for entry in meta["maps"]:
                 draw_map(
-                    grid(table, entry["name"], name, "value"),
+                    grids[entry["name"]],
                     grid(table, entry["name"], name, "significant"),
                     entry["hooks_a"],
                     entry["hooks_b"],
                     title=f"{name}: {entry['title']}",
                     kind=info["kind"],
                     path=staging / f"{entry['name']}_{name}.png",
+                    measure=name,
+                    tested=np.isfinite(grid(table, entry["name"], name, "p_value")),
+                    alpha=job.alpha,
+                    limits=limits,  # one colour scale for every map of a measure
                 )
         document = {"job": asdict(job), **meta}
         (staging / MARKER).write_text(json.dumps(finite(document), indent=2, default=str))
     return out
-
-
-def load_results(folder: str | Path) -> dict[str, Any]:
-    """results.json of a comparison folder."""
-    path = Path(folder) / "results.json"
-    if not path.is_file():
-        raise CompareError(
-            f"{folder} is not a comparison folder (no results.json); run `featurelens compare`"
-        )
-    return json.loads(path.read_text())
