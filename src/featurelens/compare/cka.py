@@ -137,18 +137,20 @@ def _gram_nulls(debiased: bool):
         grams = torch.stack([permute_gram(gram, order) for order in orders])
         return GramNulls(grams.flatten(1), grams.sum(dim=2), gram.sum(), state.self_hsic)
 
-    def score_many(a: GramState, nulls: GramNulls) -> np.ndarray:
-        n = a.gram.shape[0]
+    def score_many(states: list[GramState], nulls: GramNulls) -> np.ndarray:
+        n = states[0].gram.shape[0]
+        own = torch.stack([state.self_hsic for state in states])[:, None]
         if debiased:
-            k = a.gram - torch.diag(torch.diagonal(a.gram))
-            k_rows = k.sum(dim=1)
-            trace = nulls.grams @ k.flatten()
-            total = k_rows.sum() * nulls.total / ((n - 1) * (n - 2))
-            cross = 2.0 * (nulls.row_sums @ k_rows) / (n - 2)
+            k = torch.stack([state.gram - torch.diag(torch.diagonal(state.gram)) for state in states])
+            k_rows = k.sum(dim=2)  # [A, n]
+            trace = k.flatten(1) @ nulls.grams.T  # [A, P]: one product for every pair of state and null
+            total = k_rows.sum(dim=1, keepdim=True) * nulls.total / ((n - 1) * (n - 2))
+            cross = 2.0 * (k_rows @ nulls.row_sums.T) / (n - 2)
             hsic = (trace + total - cross) / (n * (n - 3))
         else:
-            hsic = nulls.grams @ centered_gram(a.gram).flatten() / (n - 1) ** 2
-        return (hsic / torch.sqrt(a.self_hsic * nulls.self_hsic)).numpy()
+            centred = torch.stack([centered_gram(state.gram) for state in states])
+            hsic = centred.flatten(1) @ nulls.grams.T / (n - 1) ** 2
+        return (hsic / torch.sqrt(own * nulls.self_hsic)).numpy()
 
     return permute_many, score_many
 

@@ -303,20 +303,22 @@ def _measure_cells(
     values, p_values = np.full(shape, np.nan), np.full(shape, np.nan)
     null_means, null_stds = np.full(shape, np.nan), np.full(shape, np.nan)
     states_a = [_prepared(measure, x) for x in rows_a]
+    defined = [i for i, state in enumerate(states_a) if state is not None]
     orders = permutation_orders(len(rows_a[0]), permutations, seed)
     for j, y in enumerate(rows_b):
         state_b = _prepared(measure, y)
-        nulls = measure.null_states(state_b, orders) if permutations and state_b is not None else None
-        for i, state_a in enumerate(states_a):
-            if state_a is not None and state_b is not None:
-                values[i, j] = float(measure.score(state_a, state_b))
-                if nulls is not None:
-                    null = measure.null_scores(state_a, nulls)
+        if state_b is not None and defined:
+            for i in defined:
+                values[i, j] = float(measure.score(states_a[i], state_b))
+            if permutations:
+                nulls = measure.null_scores(
+                    [states_a[i] for i in defined], measure.null_states(state_b, orders)
+                )
+                for i, null in zip(defined, nulls, strict=True):
                     p_values[i, j] = p_value_of(values[i, j], null, measure.kind)
-                    null_means[i, j], null_stds[i, j] = (
-                        null.mean(),
-                        null.std(ddof=1) if len(null) > 1 else np.nan,
-                    )
+                    null_means[i, j] = null.mean()
+                    null_stds[i, j] = null.std(ddof=1) if len(null) > 1 else np.nan
+        for _ in rows_a:
             tick()
     return values, p_values, null_means, null_stds
 

@@ -44,7 +44,7 @@ class Measure:
     min_rows: int = 2
     options: tuple[tuple[str, Any], ...] = ()
     permute_many: Callable[[Any, torch.Tensor], Any] | None = None
-    score_many: Callable[[Any, Any], np.ndarray] | None = None
+    score_many: Callable[[list[Any], Any], np.ndarray] | None = None
 
     def null_states(self, state: Any, orders: torch.Tensor) -> Any:
         """``state`` permuted by every row of ``orders`` [P, n], in the form :meth:`null_scores` reads
@@ -53,11 +53,12 @@ class Measure:
             return self.permute_many(state, orders)
         return [self.permute(state, order) for order in orders]
 
-    def null_scores(self, state: Any, nulls: Any) -> np.ndarray:
-        """The score [P] of ``state`` against each permuted state of :meth:`null_states`."""
+    def null_scores(self, states: list[Any], nulls: Any) -> np.ndarray:
+        """The scores [A, P] of each of ``states`` against each permuted state of :meth:`null_states`
+        (a layer map scores every hook of one side against one hook's nulls at once)."""
         if self.score_many is not None:
-            return self.score_many(state, nulls)
-        return np.array([self.score(state, null) for null in nulls], dtype=np.float64)
+            return self.score_many(states, nulls)
+        return np.array([[self.score(state, null) for null in nulls] for state in states], dtype=np.float64)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """The measure of ``x`` [n, dx] against ``y`` [n, dy] (no null)."""
@@ -158,7 +159,7 @@ def compare_prepared(measure: Measure, a: Any, b: Any, n: int, *, permutations: 
     value = float(measure.score(a, b))
     null = np.empty(0)
     if permutations:
-        null = measure.null_scores(a, measure.null_states(b, permutation_orders(n, permutations, seed)))
+        null = measure.null_scores([a], measure.null_states(b, permutation_orders(n, permutations, seed)))[0]
     return comparison_of(measure, value, null, n, seed)
 
 
