@@ -134,7 +134,7 @@ class GramNulls:
 def _gram_nulls(debiased: bool):
     def permute_many(state: GramState, orders: torch.Tensor) -> GramNulls:
         gram = state.gram - torch.diag(torch.diagonal(state.gram)) if debiased else state.gram
-        grams = torch.stack([permute_gram(gram, order) for order in orders])
+        grams = permute_gram(gram, orders)
         return GramNulls(grams.flatten(1), grams.sum(dim=2), gram.sum(), state.self_hsic)
 
     def score_many(states: list[GramState], nulls: GramNulls) -> np.ndarray:

@@ -305,15 +305,15 @@ def _measure_cells(
     states_a = [_prepared(measure, x) for x in rows_a]
     defined = [i for i, state in enumerate(states_a) if state is not None]
     orders = permutation_orders(len(rows_a[0]), permutations, seed)
+    identity = torch.arange(len(rows_a[0]))[None]
     for j, y in enumerate(rows_b):
         state_b = _prepared(measure, y)
         if state_b is not None and defined:
-            for i in defined:
-                values[i, j] = float(measure.score(states_a[i], state_b))
+            chosen = [states_a[i] for i in defined]
+            # The values are the identity order's scores: one batched product where the measure has one.
+            values[defined, j] = measure.null_scores(chosen, measure.null_states(state_b, identity))[:, 0]
             if permutations:
-                nulls = measure.null_scores(
-                    [states_a[i] for i in defined], measure.null_states(state_b, orders)
-                )
+                nulls = measure.null_scores(chosen, measure.null_states(state_b, orders))
                 for i, null in zip(defined, nulls, strict=True):
                     p_values[i, j] = p_value_of(values[i, j], null, measure.kind)
                     null_means[i, j] = null.mean()

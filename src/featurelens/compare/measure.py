@@ -72,8 +72,11 @@ def permute_rows(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
 
 
 def permute_gram(gram: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """A Gram or distance matrix [n, n] of rows reordered by ``order`` (rows and columns together)."""
-    return gram[order][:, order]
+    """A Gram or distance matrix [n, n] of rows reordered by ``order`` [n] (rows and columns together), or
+    [P, n, n] for ``orders`` [P, n]: one gather either way."""
+    n = gram.shape[-1]
+    flat = order[..., :, None] * n + order[..., None, :]
+    return torch.take(gram, flat)
 
 
 @dataclass(frozen=True)
