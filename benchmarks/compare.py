@@ -699,12 +699,51 @@ def store_map(tokens: int, peak: float) -> list[str]:
     def load(i: int) -> np.ndarray:
         return np.asarray(store.activations(hooks[i])[:n], dtype=np.float32)
 
-    pairs = [(0, 1), (14, 15), (28, 29), (0, LAYERS - 1), (5, 20)]
+    pairs = [(0, 1), (10, 11), (14, 15), (28, 29), (0, LAYERS - 1), (5, 20)]
     label = (
-        f"{LAYERS} x {LAYERS} layers.*.resid_post of the bundled SmolLM2-135M over {n:,} stored tokens "
+        f"{LAYERS} x {LAYERS} layers.*.resid_post of the bundled SmolLM2-135M over {n:,} stored rows "
         f"({STORE}, every row: no outlier filter on either side)"
     )
-    return map_report(label, chunks, load, n, widths, pairs, peak)
+    lines = map_report(label, chunks, load, n, widths, pairs, peak)
+    outliers = {h: len(store.outlier_rows(hook)) for h, hook in enumerate(hooks)}
+    lines.append(
+        "  rows above 10x their hook's median norm in the store (massive activations; linear CKA over every "
+        "row is dominated by them): "
+        + ", ".join(f"layer {h}: {count}" for h, count in outliers.items() if count)
+    )
+    return lines + run_maps_report(tokens, peak, n)
+
+
+def run_maps_report(tokens: int, peak: float, n: int) -> list[str]:
+    """featurelens's user-facing job on the same store: ``run_maps`` with CKA only and no nulls, which leaves
+    out rows above 10x a hook's median norm (limits from the first chunk) before the same streamed sums."""
+    from featurelens.compare.maps import MapJob, run_maps
+
+    job = MapJob(
+        out="/tmp/bench-compare/map",
+        acts=str(STORE),
+        model_b=None,
+        hooks=("layers.*.resid_post",),
+        measures=("cka",),
+        tokens=tokens,
+        permutations=0,
+    )
+    start = time.perf_counter()
+    result = run_maps(job)
+    seconds = time.perf_counter() - start
+    values = np.full((LAYERS, LAYERS), np.nan)
+    for i, j, value in zip(result.cells["row"], result.cells["col"], result.cells["value"], strict=True):
+        values[i, j] = value
+    adjacent = np.array([values[i, i + 1] for i in range(LAYERS - 1)])
+    rows = int(result.meta["rows"])
+    done, _ = map_flops(rows, [576] * LAYERS)
+    return [
+        f"  run_maps(MapJob(acts=..., hooks=('layers.*.resid_post',), measures=('cka',), tokens={tokens:,}, "
+        f"permutations=0)): {seconds:.1f} s for {rows:,} typical rows of {n:,} "
+        f"({done / seconds / 1e9:.1f} GFLOP/s, {100 * done / seconds / 1e9 / peak:.0f}% of peak); "
+        f"adjacent-layer CKA mean {adjacent.mean():.4f} (min {adjacent.min():.4f} at "
+        f"{int(adjacent.argmin())}-{int(adjacent.argmin()) + 1}), first vs last {values[0, LAYERS - 1]:.4f}",
+    ]
 
 
 # -- main ----------------------------------------------------------------------------------------------------
@@ -748,6 +787,8 @@ def main() -> None:
         print(line)
     print()
     if not args.no_map:
+        peak = max(peak, matmul_peak_gflops())  # measured again: load at the start can depress it
+        print(f"# fp32 matmul peak used for the map: {peak:.0f} GFLOP/s (best of two measurements)")
         lines = synthetic_map(16_384, 8, 96, peak) if args.quick else store_map(args.tokens, peak)
         for line in lines:
             print(line)
