@@ -2,7 +2,9 @@
 
 Sources: two activation stores of the same tokens (``acts``, ``acts_b``), or live: ``model`` and ``model_b``
 on the same corpus, by default a randomly initialised copy of the same architecture (the null model: what
-the architecture and the tokens alone give). Maps: ``a-a`` (the first set against itself) and ``a-b``.
+the architecture and the tokens alone give). Two tokenizers are aligned on shared text spans (see
+``compare/alignment.py``): both maps then use the aligned rows. Maps: ``a-a`` (the first set against
+itself) and ``a-b``.
 
 Rows are those a capture keeps (every position but the first, no special tokens). A row whose norm exceeds
 10× its hook's median norm (set on the first chunk) in either representation is left out of both: a few
@@ -29,6 +31,7 @@ import torch
 
 from featurelens.capture.rows import live_row_chunks, store_rows
 from featurelens.capture.store import ActivationStore
+from featurelens.compare.alignment import ALIGNMENT, aligned_chunks
 from featurelens.compare.measure import Measure, p_value_of, permutation_orders
 from featurelens.compare.registry import measure_from_spec
 from featurelens.compare.sums import CkaSums
@@ -155,6 +158,7 @@ def _store_source(job: MapJob) -> Source:
 
 
 def _live_source(job: MapJob) -> Source:
+    description = {"source": "live", "model": job.model, "model_b": job.model_b, "corpus": asdict(job.corpus)}
     lm_a = load_model(job.model, device=job.device)
     hooks_a = resolve_hooks(job.hooks, list(lm_a.hook_points))
     lm_b: LanguageModel | None = None
@@ -164,10 +168,10 @@ def _live_source(job: MapJob) -> Source:
         lm_b = load_model(job.model_b, device=job.device)
     hooks_b = resolve_hooks(job.hooks_b or job.hooks, list(lm_b.hook_points)) if lm_b else []
     if lm_b is not None and lm_b.tokenizer.get_vocab() != lm_a.tokenizer.get_vocab():
-        raise CompareError(
-            f"{job.model} and {job.model_b} tokenize differently; a live map needs one tokenizer "
-            "(compare a model with its random initialisation, or two models of one family)"
+        aligned = aligned_chunks(
+            lm_a, lm_b, hooks_a, hooks_b, job.corpus, seq_len=job.seq_len, n_tokens=job.tokens
         )
+        return Source(aligned, Side(lm_a.name, hooks_a), Side(lm_b.name, hooks_b), ALIGNMENT, description)
     settings: dict[str, Any] = {
         "seq_len": job.seq_len,
         "n_tokens": job.tokens,
@@ -187,7 +191,6 @@ def _live_source(job: MapJob) -> Source:
             _same_tokens(part_a.tokens, part_b.tokens, f"rows from {int(part_a.rows[0])}")
             yield part_a.acts, part_b.acts
 
-    description = {"source": "live", "model": job.model, "model_b": job.model_b, "corpus": asdict(job.corpus)}
     side_b = Side(lm_b.name, hooks_b) if lm_b is not None else None
     return Source(chunks(), Side(lm_a.name, hooks_a), side_b, "one tokenizer: identical rows", description)
 
