@@ -21,6 +21,8 @@ import torch
 
 from featurelens.atlas import AtlasJob, AtlasSettings, build_atlas
 from featurelens.capture.rows import Rows, previous_tokens
+from featurelens.compare.maps import MapJob, run_maps
+from featurelens.compare.output import save_maps
 from featurelens.explain import ExplainJob, explain_atlas
 from featurelens.neurons import NeuronSettings, report_from_rows, save_report
 from featurelens.probes import Labels, ProbeSettings, cross_validate
@@ -235,8 +237,15 @@ def other_probe_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def compare_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """Layer maps of the tiny llama against its random initialisation, as `featurelens compare` saves them."""
+    job = MapJob(model=str(tiny_model_dir), tokens=1_000, seq_len=64, null_rows=64, permutations=10, seed=1)
+    return save_maps(run_maps(job), tmp_path_factory.mktemp("compare") / "maps")
+
+
+@pytest.fixture(scope="session")
 def circuit_server(
-    atlas_path: Path, circuit_dir: Path, neuron_report_dir: Path, probe_dir: Path
+    atlas_path: Path, circuit_dir: Path, neuron_report_dir: Path, probe_dir: Path, compare_dir: Path
 ) -> Iterator[str]:
     """Every optional view at once (so the schema fuzzing reaches every endpoint's 200 reply)."""
     process, url = start_server(
@@ -247,6 +256,8 @@ def circuit_server(
         str(neuron_report_dir),
         "--probe",
         str(probe_dir),
+        "--compare",
+        str(compare_dir),
     )
     yield url
     process.terminate()
