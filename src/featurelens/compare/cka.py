@@ -73,9 +73,11 @@ def rbf_gram(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """exp(−|xᵢ − xⱼ|² / (2 (σ·median distance)²)) for rows of x [n, d]: σ is relative to the median
     pairwise distance between distinct rows, as in Kornblith et al."""
     squared = torch.cdist(x, x).pow(2)
-    distances = torch.sort(squared[~torch.eye(len(x), dtype=torch.bool)].sqrt()).values
-    middle = len(distances) // 2
-    median = (distances[middle] + distances[(len(distances) - 1) // 2]) / 2  # numpy's median of an even count
+    rows, cols = torch.triu_indices(len(x), len(x), offset=1)
+    distances = squared[rows, cols].sqrt()  # each pair once: the same median as both orders
+    count = len(distances)
+    low, high = distances.kthvalue((count - 1) // 2 + 1).values, distances.kthvalue(count // 2 + 1).values
+    median = (low + high) / 2  # numpy's median of an even count
     if not bool(median > 0):
         raise CompareError("kernel CKA needs distinct rows: every pairwise distance is 0")
     return torch.exp(-squared / (2.0 * (sigma * median) ** 2))
