@@ -130,7 +130,9 @@ def test_the_cli_writes_a_whole_folder_and_refuses_bad_input(stores: dict[str, A
         featurelens("compare", "--acts", str(stores["a"]), "--hooks", "mlp*", "--out", str(tmp_path / "y")),
         "no hook matches 'mlp*'",
     )
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    twice = ("--acts", str(stores["a"]), "--measure", "shape:alpha=0", "--measure", "shape", "--out", "z")
+    assert_one_line_error(featurelens("compare", *twice, cwd=tmp_path), "'shape' is given twice")
+    assert not any((tmp_path / name).exists() for name in ("x", "y", "z"))
 
 
 def test_stores_of_different_tokens_are_refused(

@@ -82,8 +82,12 @@ class MapJob:
             raise CompareError(f"--permutations must be 0 (no nulls) or more, got {self.permutations}")
         if not 0 < self.alpha < 1:
             raise CompareError(f"--alpha must lie between 0 and 1, got {self.alpha}")
+        names: set[str] = set()
         for spec in self.measures:
             measure = measure_from_spec(spec)
+            if measure.name in names:
+                raise CompareError(f"measure {measure.name!r} is given twice; a map holds one of each")
+            names.add(measure.name)
             if measure.min_rows > self.null_rows:
                 raise CompareError(
                     f"{measure.name} needs at least {measure.min_rows} rows; raise --null-rows to that"
