@@ -13,6 +13,7 @@ from featurelens.cli import (
     capture,
     circuit,
     compare,
+    compare_dictionaries,
     encode,
     evaluate,
     explain,
@@ -44,6 +45,7 @@ VERBS = {
     "probe": probe,
     "encode": encode,
     "compare": compare,
+    "compare-dictionaries": compare_dictionaries,
     "show": show,
     "serve": serve,
     "export": export,
@@ -59,6 +61,7 @@ The loop, one verb per stage:
   capture   record hidden activations of any HF model into an on-disk store
   train     train sparse dictionaries (TopK/BatchTopK/JumpReLU/ReLU SAEs, transcoders) on a store
   evaluate  measure a dictionary: FVU, L0, dead latents, the model's loss with it spliced in
+  compare-dictionaries  a league table of dictionaries on the same held-out tokens, with a Pareto plot
   atlas     map every feature: densities, top contexts, logit effects, neighbours (SQLite)
   explain   explain features (baseline or an LLM) and score them on held-out examples
   steer     make a steering vector from contrastive prompts and steer generation with it
