@@ -18,23 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from featurelens.compare.maps import CELL_COLUMNS
 from featurelens.errors import CompareError
 from featurelens.jsonio import finite
-
-COLUMNS = (
-    "map",
-    "measure",
-    "hook_a",
-    "hook_b",
-    "row",
-    "col",
-    "value",
-    "p_value",
-    "significant",
-    "null_mean",
-    "null_std",
-    "value_rows",
-)
 
 
 class WrittenMap(BaseModel):
@@ -154,12 +140,12 @@ def read_compare(path: str | Path) -> tuple[WrittenCompare, pa.Table]:
         raise CompareError(
             f"{folder}/results.json is not a readable comparison: {where}: {first['msg']}"
         ) from error
-    missing = [column for column in COLUMNS if column not in table.column_names]
+    missing = [column for column in CELL_COLUMNS if column not in table.column_names]
     if missing:
         raise CompareError(
-            f"{folder}/maps.parquet has no column {', '.join(missing)}; columns: {', '.join(COLUMNS)}"
+            f"{folder}/maps.parquet has no column {', '.join(missing)}; columns: {', '.join(CELL_COLUMNS)}"
         )
-    return result, table.select(list(COLUMNS))
+    return result, table.select(list(CELL_COLUMNS))
 
 
 def _column(table: pa.Table, name: str) -> np.ndarray:
