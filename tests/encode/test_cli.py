@@ -136,3 +136,31 @@ def test_cli_encodes_one_hook_of_a_store_from_another(tmp_path: Path) -> None:
         featurelens(*common, "--target-hook", "layers.5.mlp_neurons", "--out", str(tmp_path / "b")),
         "no hook 'layers.5.mlp_neurons'",
     )
+
+
+def test_with_no_files_or_store_it_encodes_one_hook_of_the_model_live(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    out = tmp_path / "live"
+    run = featurelens(
+        "encode", "--model", str(tiny_model_dir), "--hook", "layers.0.resid_post", "--target-hook",
+        "layers.1.resid_post", "--tokens", "1500", "--seq-len", "64", "--folds", "3", "--out", str(out),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["source"] == "live" and results["target_units"] == "32 of 32"
+    assert results["rows"] > 1400  # every position but each sequence's first
+    # One block of a small random model barely moves the residual stream: the earlier layer predicts it.
+    assert results["median_raw_r2"] > 0.9
+    assert_one_line_error(
+        featurelens(
+            "encode",
+            "--model",
+            str(tiny_model_dir),
+            "--hook",
+            "layers.9.mlp_out",
+            "--out",
+            str(tmp_path / "x"),
+        ),
+        "unknown hook point 'layers.9.mlp_out'",
+    )

@@ -4,8 +4,9 @@ with cross-validated ridge, each target with its own alpha, scored on held-out r
 Inputs: --x features [rows, features] and --y recordings [rows, targets] (.npy without pickle, .csv, or
 .parquet), or [repeats, rows, targets] with --repeats-axis (a table: a 'repeat' column) for a noise
 ceiling; --groups labels runs/stories so folds keep them whole and delays never cross them. Or, as a demo
-without recordings, two hooks of an activation store (--acts, --hook predicting --target-hook; grouped by
-document; at most --max-targets units, 256 by default).
+without recordings, one hook predicting another (--hook, --target-hook; at most --max-targets units, 256 by
+default): of an activation store (--acts), or of --model run live on the corpus (the default: the bundled
+model's layer 10 residual stream predicting layer 20's MLP neurons on 4,000 tokens of Python's docs).
 
 Folds are contiguous blocks (or whole groups), never shuffled rows. In each training set every target's
 alpha is chosen from --alphas by --inner-folds inner folds (or --alpha-selection loo: efficient
@@ -18,6 +19,7 @@ alpha choices included, for each permutation; plain ridge only).
 Writes OUT/results.json, targets.parquet and r2_vs_ceiling.png.
 
 examples:
+  featurelens encode                                          # live: layer 10 -> layer 20 neurons, smollm2
   featurelens encode --x features.npy --y voxels.npy --repeats-axis 0 --permutations 200
   featurelens encode --x stim.npy --y bold.npy --groups runs.npy --delays 1,2,3,4 --folds 4
   featurelens encode --x x.parquet --y behaviour.csv --alphas 1e-2..1e5:15 --bands 0:256,256:512
@@ -32,6 +34,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from featurelens.cli.corpus_options import CORPUS_HELP, add_corpus_arguments, corpus_from_args
 from featurelens.cli.progress import stage_progress
 from featurelens.encode.ceiling import CEILINGS
 from featurelens.encode.experiment import ALPHA_SELECTIONS, EncodeSettings, EncodingResult
@@ -43,7 +46,7 @@ DEFAULT_GRID = "1e-2..1e5:15"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    job, settings = EncodeJob(acts="-"), EncodeSettings()
+    job, settings = EncodeJob(), EncodeSettings()
     parser.add_argument("--x", help="features [rows, features]: .npy, .csv or .parquet")
     parser.add_argument(
         "--y", help="recordings [rows, targets] (or with a repeats axis): .npy, .csv or .parquet"
@@ -51,14 +54,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats-axis", type=int, help="axis of --y (.npy) holding repeated presentations")
     parser.add_argument("--groups", help="one run/story/document label per row (.npy, .txt, .csv, .parquet)")
     parser.add_argument("--acts", help="activation store: predict one hook's units from another's (demo)")
-    parser.add_argument("--hook", default=job.hook, help=f"store hook of the features (default {job.hook})")
+    parser.add_argument("--model", default=job.model, help="model run live when no files or store are given")
+    add_corpus_arguments(parser, f"text for live runs: {CORPUS_HELP}")
+    parser.add_argument("--seq-len", type=int, default=job.seq_len, help="tokens per sequence (live)")
+    parser.add_argument("--batch-size", type=int, default=job.batch_size, help="sequences per forward (live)")
+    parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N (live)")
+    parser.add_argument("--hook", default=job.hook, help=f"hook of the features (default {job.hook})")
     parser.add_argument(
         "--target-hook",
         default=job.target_hook,
-        help=f"store hook of the targets (default {job.target_hook})",
+        help=f"hook of the targets (default {job.target_hook})",
     )
-    parser.add_argument("--tokens", type=int, default=job.tokens, help="store rows to read (default 4000)")
-    parser.add_argument("--max-targets", type=int, help="at most this many targets (store default 256)")
+    parser.add_argument(
+        "--tokens",
+        type=int,
+        default=job.tokens,
+        help="rows to read from the store or the model (default 4000)",
+    )
+    parser.add_argument("--max-targets", type=int, help="at most this many targets (hooks: default 256)")
     parser.add_argument("--delays", default="", help="FIR delays in rows, e.g. 1,2,3,4 (default: none)")
     parser.add_argument("--folds", type=int, default=settings.folds, help="outer folds (blocks or groups)")
     parser.add_argument(
@@ -156,6 +169,11 @@ def job_from_args(args: argparse.Namespace) -> EncodeJob:
         repeats_axis=args.repeats_axis,
         groups=args.groups,
         acts=args.acts,
+        model=args.model,
+        corpus=corpus_from_args(args),
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        device=args.device,
         hook=args.hook,
         target_hook=args.target_hook,
         tokens=args.tokens,

@@ -6,6 +6,8 @@ columns are features or targets, named by the header. Repeated recordings: an ``
 column (the rows of every repeat in the same order). Groups: ``.npy``, ``.txt`` (one label a line),
 ``.csv``/``.parquet`` (a ``group`` column, or the only one).
 
+Live (no files, no store): the same two hooks of a model run on a corpus, the rows a capture keeps.
+
 Store: rows of ``hook`` (features) and ``target_hook`` (targets) read aligned by
 :func:`featurelens.capture.rows.store_rows`, minus the store's norm-outlier rows of either hook (attention
 sinks would dominate every R²), grouped by document; at most ``max_targets`` target units (a seeded sample,
@@ -21,9 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from featurelens.capture.rows import store_rows
+from featurelens.capture.live import OUTLIER_MULTIPLE
+from featurelens.capture.rows import live_row_chunks, sequence_ids, store_rows
 from featurelens.capture.store import ActivationStore
+from featurelens.corpus import CorpusConfig
 from featurelens.errors import EncodeError, FeatureLensError
+from featurelens.models import load_model
 
 ACCEPTED_FILES = ".npy, .csv or .parquet"
 REPEAT_COLUMN = "repeat"
@@ -192,18 +197,86 @@ def store_inputs(
     for h in {hook, target_hook}:
         outliers = store.outlier_rows(h)
         typical[outliers[outliers < len(typical)]] = False
+    source = {"source": "store", "store": str(store.path)}
+    return hook_inputs(x, y, docs, typical, hook, target_hook, max_targets, seed, source)
+
+
+def hook_inputs(
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    typical: np.ndarray,
+    hook: str,
+    target_hook: str,
+    max_targets: int,
+    seed: int,
+    source: dict[str, Any],
+) -> EncodeInputs:
+    """Rows [n] of ``hook`` (features) and ``target_hook`` (targets) with their groups, minus the rows not
+    ``typical``, and at most ``max_targets`` target units (a seeded sample, sorted)."""
     width = y.shape[1]
     units = np.arange(width)
     if width > max_targets:
         units = np.sort(np.random.default_rng(seed).choice(width, max_targets, replace=False))
     source = {
-        "source": "store",
-        "store": str(store.path),
+        **source,
         "hook": hook,
         "target_hook": target_hook,
         "target_units": f"{len(units)} of {width}",
         "outliers_left_out": int((~typical).sum()),
     }
     return EncodeInputs(
-        x[typical], y[typical][:, units], docs[typical], [str(u) for u in units.tolist()], source
+        x[typical], y[typical][:, units], groups[typical], [str(u) for u in units.tolist()], source
+    )
+
+
+def live_inputs(
+    model: str,
+    hook: str,
+    target_hook: str,
+    corpus: CorpusConfig,
+    *,
+    tokens: int,
+    seq_len: int,
+    batch_size: int,
+    max_targets: int,
+    folds: int,
+    seed: int = 0,
+    device: str | None = None,
+) -> EncodeInputs:
+    """Rows of two hooks of ``model`` run live on ``corpus`` (every position but the first, no special
+    tokens), minus rows above :data:`OUTLIER_MULTIPLE` x the median norm of either hook (attention sinks).
+    Grouped by document when the text holds at least ``folds`` documents, else by packed sequence."""
+    if tokens < 1 or max_targets < 1:
+        raise EncodeError(f"--tokens and --max-targets must be positive, got {tokens} and {max_targets}")
+    lm = load_model(model, device=device)
+    for name in (hook, target_hook):
+        lm.hook_point(name)
+    parts = list(
+        live_row_chunks(
+            lm, [hook, target_hook], corpus, seq_len=seq_len, n_tokens=tokens, batch_size=batch_size,
+            skip_positions=1, keep_special=False,
+        )
+    )  # fmt: skip
+    if not parts:
+        raise EncodeError(f"the corpus {corpus.spec!r} gave no rows")
+    x = torch.cat([p.acts[hook] for p in parts]).numpy()
+    y = torch.cat([p.acts[target_hook] for p in parts]).numpy()
+    docs = np.concatenate([p.docs for p in parts])
+    sequences = np.concatenate([sequence_ids(p.positions) + 10**6 * i for i, p in enumerate(parts)])
+    typical = np.ones(len(x), dtype=bool)
+    for values in (x, y):
+        norms = np.linalg.norm(values, axis=1)
+        typical &= norms <= OUTLIER_MULTIPLE * np.median(norms)
+    by_document = len(np.unique(docs[typical])) >= folds
+    source = {
+        "source": "live",
+        "model": model,
+        "corpus": corpus.spec,
+        "groups": "document"
+        if by_document
+        else f"packed sequence of {seq_len} tokens (fewer than {folds} documents)",
+    }
+    return hook_inputs(
+        x, y, docs if by_document else sequences, typical, hook, target_hook, max_targets, seed, source
     )

@@ -21,8 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from featurelens.corpus import CorpusConfig
 from featurelens.encode.experiment import EncodeSettings, EncodingResult, Progress, cross_validate_encoding
-from featurelens.encode.inputs import EncodeInputs, file_inputs, store_inputs
+from featurelens.encode.inputs import EncodeInputs, file_inputs, live_inputs, store_inputs
 from featurelens.errors import EncodeError
 from featurelens.folders import check_output_folder, staged_folder
 from featurelens.jsonio import finite
@@ -35,9 +36,9 @@ class EncodeJob:
     """What to encode; the CLI maps its flags onto these fields one to one.
 
     Either files ``x`` (features) and ``y`` (recordings; ``repeats_axis`` for repeated ones, ``groups`` for
-    runs) or a store ``acts`` with its ``hook`` predicting ``target_hook`` over the first ``tokens`` rows
-    (grouped by document), at most ``max_targets`` target units (default 256 for a store, every column of
-    a file).
+    runs), or a store ``acts``, or (neither given) ``model`` run live on ``corpus``: its ``hook`` predicting
+    ``target_hook`` over the first ``tokens`` rows (grouped by document), at most ``max_targets`` target
+    units (default 256 for hooks, every column of a file).
     """
 
     out: str = "runs/encode"
@@ -46,6 +47,11 @@ class EncodeJob:
     repeats_axis: int | None = None
     groups: str | None = None
     acts: str | None = None
+    model: str = "smollm2"
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    seq_len: int = 256
+    batch_size: int = 8
+    device: str | None = None
     hook: str = "layers.10.resid_post"
     target_hook: str = "layers.20.mlp_neurons"
     tokens: int = 4000
@@ -55,8 +61,8 @@ class EncodeJob:
 
     def __post_init__(self) -> None:
         files = self.x is not None or self.y is not None
-        if files == (self.acts is not None):
-            raise EncodeError("give either --x and --y (files) or --acts (a store), not both and not neither")
+        if files and self.acts is not None:
+            raise EncodeError("give either --x and --y (files) or --acts (a store), not both")
         if files and (self.x is None or self.y is None):
             raise EncodeError("files need both --x (features) and --y (recordings)")
         if self.max_targets is not None and self.max_targets < 1:
@@ -74,7 +80,20 @@ def encode_inputs(job: EncodeJob) -> EncodeInputs:
             job.max_targets or STORE_MAX_TARGETS,
             job.settings.seed,
         )
-    assert job.x is not None and job.y is not None
+    if job.x is None or job.y is None:
+        return live_inputs(
+            job.model,
+            job.hook,
+            job.target_hook,
+            job.corpus,
+            tokens=job.tokens,
+            seq_len=job.seq_len,
+            batch_size=job.batch_size,
+            max_targets=job.max_targets or STORE_MAX_TARGETS,
+            folds=job.settings.folds,
+            seed=job.settings.seed,
+            device=job.device,
+        )
     inputs = file_inputs(job.x, job.y, job.repeats_axis, job.groups)
     if job.max_targets is not None and len(inputs.names) > job.max_targets:
         y = inputs.y[..., : job.max_targets]
