@@ -7,6 +7,7 @@ from typing import Any
 from featurelens.dictionaries.base import Dictionary, DictionaryError
 from featurelens.dictionaries.batchtopk import BatchTopKDictionary
 from featurelens.dictionaries.jumprelu import JumpReLUDictionary
+from featurelens.dictionaries.matching_pursuit import MatchingPursuitDictionary
 from featurelens.dictionaries.matryoshka import MatryoshkaDictionary
 from featurelens.dictionaries.relu import ReLUDictionary
 from featurelens.dictionaries.topk import TopKDictionary
@@ -19,6 +20,7 @@ ARCHITECTURES: dict[str, type[Dictionary]] = {
         MatryoshkaDictionary,
         ReLUDictionary,
         JumpReLUDictionary,
+        MatchingPursuitDictionary,
     )
 }
 
