@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 
@@ -26,6 +27,7 @@ from tests.dictionaries.planted import (
     planted_directions,
     single_threaded,
 )
+from tests.serve.conftest import start_server
 
 HOOK = "layers.1.resid_post"
 
@@ -204,6 +206,20 @@ def test_cli_trains_loads_and_evaluates_mp(store: Path, tmp_path: Path) -> None:
     evaluated = featurelens("evaluate", str(out), "--tokens", "128", "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["l0"] <= 4
+    # The later stages take the new family unchanged: the atlas, its explanations and the web app.
+    atlas = tmp_path / "atlas.sqlite"
+    mapped = featurelens("atlas", str(out), "--out", str(atlas))
+    assert mapped.returncode == 0, mapped.stderr
+    explained = featurelens("explain", str(atlas), "--features", "all")
+    assert explained.returncode == 0, explained.stderr
+    first = fl.Atlas.open(atlas).features(sort="density", limit=1)[0]
+    process, url = start_server(atlas)
+    try:
+        page = httpx.get(f"{url}/api/features/{first.id}").json()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert page["density"] > 0 and page["top"] and page["explanations"]
 
 
 # -- 5. bad input ------------------------------------------------------------------------------------
