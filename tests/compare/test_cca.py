@@ -18,6 +18,7 @@ from featurelens.compare.cca import (
 )
 from featurelens.compare.measure import Measure, compare
 from featurelens.errors import CompareError
+from tests.compare.planted import shared_latent
 
 
 def centre(a: np.ndarray) -> np.ndarray:
@@ -62,10 +63,7 @@ def draw(rng: np.random.Generator, n: int, *widths: int) -> list[np.ndarray]:
 def shared(
     rng: np.random.Generator, n: int, dx: int, dy: int, noise: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
-    latent = rng.normal(size=(n, 2))
-    x = latent @ rng.normal(size=(2, dx)) + noise * rng.normal(size=(n, dx))
-    y = latent @ rng.normal(size=(2, dy)) + noise * rng.normal(size=(n, dy))
-    return x, y
+    return shared_latent(rng, n, dx, dy, latent=2, noise=noise)
 
 
 @pytest.mark.parametrize(("n", "dx", "dy"), [(200, 5, 7), (60, 8, 3), (40, 1, 4)])

@@ -17,6 +17,7 @@ from featurelens.compare.neighbors import (
     mutual_knn_measure,
 )
 from featurelens.errors import CompareError
+from tests.compare.planted import rotate_and_scale, shared_latent
 
 
 def reference_cosine(x: np.ndarray) -> np.ndarray:
@@ -54,14 +55,7 @@ def reference_cknna(x: np.ndarray, y: np.ndarray, k: int) -> float:
 
 
 def shared(rng: np.random.Generator, n: int, noise: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
-    latent = rng.normal(size=(n, 5))
-    x = latent @ rng.normal(size=(5, 8)) + noise * rng.normal(size=(n, 8))
-    y = latent @ rng.normal(size=(5, 6)) + noise * rng.normal(size=(n, 6))
-    return x, y
-
-
-def rotate_and_scale(rng: np.random.Generator, x: np.ndarray, scale: float) -> np.ndarray:
-    return scale * x @ np.linalg.qr(rng.normal(size=(x.shape[1], x.shape[1])))[0]
+    return shared_latent(rng, n, 8, 6, latent=5, noise=noise)
 
 
 def test_knn_indices_are_the_most_cosine_similar_other_rows() -> None:

@@ -16,6 +16,7 @@ from featurelens.compare.relative import (
     relative_similarity,
 )
 from featurelens.errors import CompareError
+from tests.compare.planted import rotate_and_scale, shared_latent
 
 
 def reference_relative(x: np.ndarray, anchors: np.ndarray) -> np.ndarray:
@@ -33,14 +34,7 @@ def reference_similarity(x: np.ndarray, y: np.ndarray, anchors: np.ndarray) -> f
 
 
 def shared(rng: np.random.Generator, n: int, noise: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
-    latent = rng.normal(size=(n, 5))
-    x = latent @ rng.normal(size=(5, 8)) + noise * rng.normal(size=(n, 8))
-    y = latent @ rng.normal(size=(5, 6)) + noise * rng.normal(size=(n, 6))
-    return x, y
-
-
-def rotate_and_scale(rng: np.random.Generator, x: np.ndarray, scale: float) -> np.ndarray:
-    return scale * x @ np.linalg.qr(rng.normal(size=(x.shape[1], x.shape[1])))[0]
+    return shared_latent(rng, n, 8, 6, latent=5, noise=noise)
 
 
 def test_relative_representation_and_similarity_match_the_reference() -> None:

@@ -18,6 +18,7 @@ from featurelens.compare.shape import (
     shape_measure,
 )
 from featurelens.errors import CompareError
+from tests.compare.planted import shared_latent
 
 ALPHAS = [0.0, 0.5, 1.0]
 
@@ -60,10 +61,7 @@ def rotation(rng: np.random.Generator, d: int) -> np.ndarray:
 def related(
     rng: np.random.Generator, n: int, dx: int, dy: int, noise: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
-    latent = rng.normal(size=(n, 3))
-    x = latent @ rng.normal(size=(3, dx)) + noise * rng.normal(size=(n, dx))
-    y = latent @ rng.normal(size=(3, dy)) + noise * rng.normal(size=(n, dy))
-    return x, y
+    return shared_latent(rng, n, dx, dy, latent=3, noise=noise)
 
 
 @pytest.mark.parametrize(("n", "d"), [(50, 4), (30, 10), (8, 20)])
