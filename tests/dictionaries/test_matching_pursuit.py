@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
 
@@ -20,6 +19,7 @@ from featurelens.dictionaries.matching_pursuit import (
 )
 from featurelens.training import TrainConfig, fraction_variance_unexplained, train_dictionary
 from tests.cli.test_cli import featurelens
+from tests.dictionaries.downstream import assert_flows_downstream
 from tests.dictionaries.planted import (
     mean_max_cosine,
     planted_batches,
@@ -27,7 +27,6 @@ from tests.dictionaries.planted import (
     planted_directions,
     single_threaded,
 )
-from tests.serve.conftest import start_server
 
 HOOK = "layers.1.resid_post"
 
@@ -203,23 +202,7 @@ def test_cli_trains_loads_and_evaluates_mp(store: Path, tmp_path: Path) -> None:
     assert trained.returncode == 0, trained.stderr
     dictionary = Dictionary.load(out)
     assert isinstance(dictionary, MatchingPursuitDictionary) and dictionary.k == 4
-    evaluated = featurelens("evaluate", str(out), "--tokens", "128", "--json")
-    assert evaluated.returncode == 0, evaluated.stderr
-    assert json.loads(evaluated.stdout)["l0"] <= 4
-    # The later stages take the new family unchanged: the atlas, its explanations and the web app.
-    atlas = tmp_path / "atlas.sqlite"
-    mapped = featurelens("atlas", str(out), "--out", str(atlas))
-    assert mapped.returncode == 0, mapped.stderr
-    explained = featurelens("explain", str(atlas), "--features", "all")
-    assert explained.returncode == 0, explained.stderr
-    first = fl.Atlas.open(atlas).features(sort="density", limit=1)[0]
-    process, url = start_server(atlas)
-    try:
-        page = httpx.get(f"{url}/api/features/{first.id}").json()
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-    assert page["density"] > 0 and page["top"] and page["explanations"]
+    assert_flows_downstream(out, tmp_path, max_l0=4)
 
 
 # -- 5. bad input ------------------------------------------------------------------------------------

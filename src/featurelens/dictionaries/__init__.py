@@ -3,6 +3,7 @@
 from featurelens.dictionaries.base import Dictionary, DictionaryError, TrainingOutput
 from featurelens.dictionaries.batchtopk import BatchTopKDictionary
 from featurelens.dictionaries.jumprelu import JumpReLUDictionary
+from featurelens.dictionaries.matching_pursuit import MatchingPursuitDictionary
 from featurelens.dictionaries.matryoshka import MatryoshkaDictionary
 from featurelens.dictionaries.registry import ARCHITECTURES, build_dictionary, dictionary_class
 from featurelens.dictionaries.relu import ReLUDictionary
@@ -14,6 +15,7 @@ __all__ = [
     "Dictionary",
     "DictionaryError",
     "JumpReLUDictionary",
+    "MatchingPursuitDictionary",
     "MatryoshkaDictionary",
     "ReLUDictionary",
     "TopKDictionary",
