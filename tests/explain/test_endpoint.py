@@ -3,88 +3,14 @@ logprobs, plain answers, retries after errors, timeouts, garbage, and the on-dis
 
 from __future__ import annotations
 
-import json
-import threading
-import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from featurelens.explain import ClientError, EndpointClient, ResponseCache
+from tests.explain.conftest import Behaviour
 
 MESSAGES = [{"role": "user", "content": "Is it? Yes or No?"}]
-
-
-class Behaviour:
-    """What the fake server does next; the test changes it between requests."""
-
-    def __init__(self) -> None:
-        self.failures_left = 0
-        self.mode = "logprobs"
-        self.requests: list[dict[str, Any]] = []
-
-
-def completion(content: str, logprobs: Any = None) -> dict[str, Any]:
-    choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": content}}
-    if logprobs is not None:
-        choice["logprobs"] = logprobs
-    return {"id": "x", "object": "chat.completion", "choices": [choice]}
-
-
-@pytest.fixture
-def endpoint() -> Iterator[tuple[str, Behaviour]]:
-    behaviour = Behaviour()
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *_args: Any) -> None:
-            pass
-
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            behaviour.requests.append(body)
-            if self.path != "/v1/chat/completions":
-                return self._send(404, {"error": "not found"})
-            if behaviour.failures_left:
-                behaviour.failures_left -= 1
-                return self._send(503, {"error": "overloaded"})
-            if behaviour.mode == "slow":
-                time.sleep(1.5)
-            if behaviour.mode == "garbage":
-                return self._send(200, {"unexpected": True})
-            if body.get("logprobs") and behaviour.mode == "logprobs":
-                top = [
-                    {"token": "Yes", "logprob": -0.2231},
-                    {"token": "No", "logprob": -1.6094},
-                    {"token": "Maybe", "logprob": -5.0},
-                ]
-                return self._send(
-                    200, completion("Yes", {"content": [{"token": "Yes", "top_logprobs": top}]})
-                )
-            if behaviour.mode == "rambling":
-                return self._send(200, completion("Well, it depends"))
-            if body.get("logprobs"):
-                return self._send(200, completion("No."))
-            return self._send(200, completion("Thinking about it...\nExplanation: dates in prose"))
-
-        def _send(self, status: int, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode()
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):  # the client gave up (the timeout case)
-                pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", behaviour
-    server.shutdown()
 
 
 def test_yes_probability_comes_from_logprobs_else_from_the_answer(endpoint: tuple[str, Behaviour]) -> None:

@@ -3,6 +3,7 @@ the local-model path end to end on a tiny random model."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from featurelens.explain.pipeline import ExplainError, split_examples
 from featurelens.explain.scoring import detection, keyword_asker, keywords
 from tests.atlas.conftest import WIDTH, planted_atlas
 from tests.conftest import build_tiny_tokenizer
+from tests.explain.conftest import Behaviour
 
 SETTINGS = AtlasSettings(top_k=6, before=4, after=2, quantile_bins=5, per_bin=4, negatives=10)
 
@@ -74,7 +76,8 @@ def test_the_local_model_explains_and_scores_end_to_end(atlas_path: Path, tiny_m
     cached = explain_atlas(
         ExplainJob(str(atlas_path), explainer="local", model=str(tiny_model_dir), features="5,6")
     )
-    assert cached.already_done == 2
+    # explained features are kept; skips (a random tiny model's replies loop) are retried
+    assert cached.already_done == summary.explained.get(method, 0)
 
 
 def test_an_unreachable_endpoint_stops_the_run_but_keeps_finished_work(atlas_path: Path) -> None:
@@ -104,3 +107,19 @@ def test_a_model_that_cannot_generate_is_refused_in_one_line(atlas_path: Path, t
         explain_atlas(ExplainJob(str(atlas_path), features="top:x"))
     with pytest.raises(ExplainError, match="needs --base-url"):
         ExplainJob(str(atlas_path), explainer="openai")
+
+
+def test_a_looping_explainer_is_recorded_as_a_skip_never_shown(
+    atlas_path: Path, endpoint: tuple[str, Behaviour]
+) -> None:
+    url, behaviour = endpoint
+    behaviour.mode = "loop"
+    job = ExplainJob(str(atlas_path), explainer="openai", base_url=url, api_model="m", features="30,31")
+    summary = explain_atlas(job)
+    assert not any(count for method, count in summary.explained.items() if method.startswith("openai"))
+    with Atlas.open(atlas_path) as atlas, sqlite3.connect(atlas_path) as raw:
+        for feature in (30, 31):
+            methods = {e.method for e in atlas.feature(feature).explanations}
+            assert methods == {"baseline"}  # the baseline is kept; the loop is not stored
+        reasons = dict(raw.execute("SELECT feature, reason FROM explanation_skips WHERE feature IN (30, 31)"))
+    assert set(reasons) == {30, 31} and all("repeats itself" in reason for reason in reasons.values())

@@ -9,8 +9,9 @@ import pytest
 
 from featurelens.atlas import Context
 from featurelens.explain.client import ClientError
-from featurelens.explain.prompts import parse_explanation, render
+from featurelens.explain.prompts import degenerate_reason, parse_explanation, render
 from featurelens.explain.scoring import auroc, balanced_accuracy, keywords, score
+from tests.explain.conftest import LOOP
 
 
 def pairwise_auroc(scores: list[float], labels: list[bool]) -> float:
@@ -70,3 +71,36 @@ def test_example_text_cannot_inject_markers_or_answers() -> None:
     assert text.count("<<") == 1 and text.count(">>") == 1 and text.endswith("<< ok>>")
     assert "Explanation:" not in text
     assert keywords('fires on "Decimal", "enum" (often after "."); promotes "x"') == {"Decimal", "enum", "."}
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        (LOOP, "repeats itself"),
+        ("numbers numbers numbers numbers", "repeats itself"),
+        ("the type of the value of the type of the value", "repeats itself"),
+        ("The marked tokens have in common that they are nouns", "echoed its instructions"),
+        ("Say what the marked tokens have in common", "echoed its instructions"),
+        ("N/A", "said nothing"),
+        ("I don't know.", "said nothing"),
+        ("???", "said nothing"),
+    ],
+)
+def test_loops_echoes_and_empty_replies_are_no_explanation(reply: str, reason: str) -> None:
+    found = degenerate_reason(parse_explanation(f"Explanation: {reply}"))
+    assert found is not None and reason in found
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "month names in dates",
+        "the word 'self' in method signatures",
+        "opening brackets after a function name, as in f(x) and g(y)",
+        "version numbers such as 3.11 and 3.12",
+        "the second token of a two-token name, after the first one",
+        "tokens inside quoted strings",
+    ],
+)
+def test_ordinary_explanations_pass(reply: str) -> None:
+    assert degenerate_reason(reply) is None

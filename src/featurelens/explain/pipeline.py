@@ -31,7 +31,7 @@ from featurelens.explain.client import (
     LocalClient,
     ResponseCache,
 )
-from featurelens.explain.prompts import explain_messages, parse_explanation
+from featurelens.explain.prompts import degenerate_reason, explain_messages, parse_explanation
 from featurelens.explain.scoring import Ask, Score, client_asker, detection, fuzzing, keyword_asker
 
 EXPLAINERS = ("baseline", "local", "openai")
@@ -237,6 +237,7 @@ class _Explainer:
             started = time.perf_counter()
             try:
                 best: tuple[float, str, tuple[Score, Score]] | None = None
+                rejected = ""
                 for attempt in range(self.job.candidates):
                     prompt = (
                         messages
@@ -247,11 +248,15 @@ class _Explainer:
                         ]
                     )
                     candidate = parse_explanation(self.client.generate(prompt, self.job.max_tokens))
+                    if reason := degenerate_reason(candidate):
+                        rejected = reason  # a loop, an echo or nothing: never stored as an explanation
+                        continue
                     scores = self._scores(candidate, examples, feature_id)
                     rank = scores[0].auroc if scores[0].auroc is not None else scores[0].balanced_accuracy
                     if best is None or rank > best[0]:
                         best = (rank, candidate, scores)
-                assert best is not None
+                if best is None:
+                    raise ClientError(rejected)
                 done.append(
                     _explanation(
                         feature_id,

@@ -48,9 +48,17 @@ def render(context: Context, marked: set[int] | None = None) -> str:
     )
 
 
+EXPLAIN_QUESTION = "What do the marked tokens have in common?"
+EMPTY_ANSWERS = {  # replies as lowercase words joined by spaces ("N/A" -> "n a")
+    *("", "none", "nothing", "unknown", "n a", "na", "not sure", "unclear", "no pattern"),
+    *("i don't know", "i do not know", "i'm not sure", "nothing in common"),
+}
+ECHO_WORDS = 5  # this many consecutive words of the instructions in an explanation make it an echo
+
+
 def explain_messages(examples: list[Context]) -> Messages:
     lines = [f"{i + 1}. {render(context)}" for i, context in enumerate(examples)]
-    user = "Examples:\n" + "\n".join(lines) + "\n\nWhat do the marked tokens have in common?"
+    user = "Examples:\n" + "\n".join(lines) + f"\n\n{EXPLAIN_QUESTION}"
     return [{"role": "system", "content": EXPLAIN_SYSTEM}, {"role": "user", "content": user}]
 
 
@@ -85,3 +93,37 @@ def parse_explanation(reply: str) -> str:
     if not chosen:
         raise ClientError("the explainer's reply holds no explanation")
     return chosen
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def _ngram_counts(words: list[str], n: int) -> int:
+    """How often the most frequent run of ``n`` consecutive words occurs in ``words``."""
+    runs = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return max((runs.count(run) for run in set(runs)), default=0)
+
+
+def degenerate_reason(explanation: str) -> str | None:
+    """Why a parsed explanation is no explanation (``None`` if it is one).
+
+    Three failures of small explainers, each recorded as a skip rather than shown: a reply that **repeats
+    itself** (a word pair three times, a word triple twice, or under half of 8+ words distinct: a generation
+    loop), one that **echoes the instructions** (5 consecutive words of the explain prompt's system text or
+    question) and one that **says nothing** (no letters, or only "none", "unknown", "I don't know", ...).
+    """
+    words = _words(explanation)
+    if " ".join(words) in EMPTY_ANSWERS or not re.search(r"[^\W\d_]", explanation):
+        return f"the explainer said nothing ({explanation!r})"
+    if (
+        _ngram_counts(words, 2) >= 3
+        or _ngram_counts(words, 3) >= 2
+        or (len(words) >= 8 and len(set(words)) < len(words) / 2)
+    ):
+        return f"the explainer's reply repeats itself ({explanation[:60]!r})"
+    instructions = _words(f"{EXPLAIN_SYSTEM} {EXPLAIN_QUESTION}")
+    echoed = {tuple(instructions[i : i + ECHO_WORDS]) for i in range(len(instructions) - ECHO_WORDS + 1)}
+    if any(tuple(words[i : i + ECHO_WORDS]) in echoed for i in range(len(words) - ECHO_WORDS + 1)):
+        return f"the explainer echoed its instructions ({explanation[:60]!r})"
+    return None
