@@ -18,6 +18,7 @@ from featurelens.capture.live import live_rows, loss_gradient
 from featurelens.corpus import CorpusConfig, documents, pack_sequences
 from featurelens.dictionaries import Dictionary, DictionaryError, GradientTopKDictionary, build_dictionary
 from featurelens.dictionaries.gradient_topk import latent_attribution
+from featurelens.dictionaries.sparse_encode import picked_encode
 from featurelens.evaluate.spliced import next_token_loss, spliced_loss
 from featurelens.models.tracing import replacing
 from featurelens.training import TrainConfig, train_dictionary
@@ -125,6 +126,28 @@ def test_zero_or_uniform_gradient_projection_is_exactly_topk() -> None:
     tilted = along_first + torch.randn(x.shape, generator=generator, dtype=torch.float64)
     out = dictionary.training_forward(x * SCALE, x * SCALE, gradient=tilted)
     assert not torch.allclose(out.y_hat / SCALE, dictionary(x), atol=1e-6)
+
+
+def test_sparse_backward_of_the_picked_latents_equals_dense_autograd() -> None:
+    generator = torch.Generator().manual_seed(4)
+    x, W, b = (
+        torch.randn(*shape, generator=generator, dtype=torch.float64) for shape in ((30, 8), (8, 64), (64,))
+    )
+    indices = torch.randn(30, 64, generator=generator).topk(3, dim=1).indices  # any rule's picks
+    weights = torch.randn(30, 3, generator=generator, dtype=torch.float64)
+    grads = []
+    for sparse in (True, False):
+        leaves = [t.clone().requires_grad_(True) for t in (x, W, b)]
+        pre = leaves[0] @ leaves[1] + leaves[2]
+        if sparse:
+            values = picked_encode(*leaves, pre.detach().gather(1, indices), indices)
+        else:
+            values = pre.gather(1, indices).relu()
+        (values * weights).sum().backward()
+        grads.append([leaf.grad for leaf in leaves])
+    assert (values > 0).any() and (values == 0).any()  # both sides of the relu are exercised
+    for sparse_grad, dense_grad in zip(*grads, strict=True):
+        assert torch.allclose(sparse_grad, dense_grad, atol=1e-12)
 
 
 # -- 3. the live rows carry the gradient of their own position ------------------------------------------

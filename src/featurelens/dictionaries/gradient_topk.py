@@ -28,7 +28,8 @@ from typing import Any
 import torch
 
 from featurelens.dictionaries.base import DictionaryError, TrainingOutput
-from featurelens.dictionaries.sparse_decode import topk_decode
+from featurelens.dictionaries.sparse_decode import topk_decode, use_sparse_decoder
+from featurelens.dictionaries.sparse_encode import picked_encode
 from featurelens.dictionaries.topk import TopKDictionary, topk_output
 
 
@@ -88,9 +89,15 @@ class GradientTopKDictionary(TopKDictionary):
             raise DictionaryError(
                 f"the loss gradient must match the inputs {list(x_scaled.shape)}, got {list(gradient.shape)}"
             )
-        codes = self.pre_activation(x_scaled).relu()
+        sparse = use_sparse_decoder(self.k, self.d_latent)  # sparse enough for sparse backward passes
+        with torch.set_grad_enabled(not sparse):
+            pre = self.pre_activation(x_scaled)
         with torch.no_grad():  # the choice is not differentiable; the kept activations are
-            indices = self.select(codes, gradient.to(codes.dtype))
-        values = codes.gather(1, indices)
+            indices = self.select(pre.detach().relu(), gradient.to(pre.dtype))
+        if sparse:
+            picked = pre.gather(1, indices)
+            values = picked_encode(self.centred(x_scaled), self.W_enc, self.b_enc, picked, indices)
+        else:
+            values = pre.gather(1, indices).relu()
         y_hat = topk_decode(indices, values, self.W_dec) + self.b_dec + self.skip_term(x_scaled)
         return topk_output(y_hat, indices, values, self.d_latent)
