@@ -17,8 +17,9 @@ loss with the clean activations in place (one backward pass per forward, see
 :func:`featurelens.capture.live.live_rows`), so training must run live from the model.
 
 At inference there is no gradient (and none is needed to read features), so :meth:`activate` is the plain
-TopK on activations, as in the paper; with g = 0, or |<d_j, g>| equal for every latent, the score is a
-positive multiple of z and the g-SAE selection *is* TopK.
+TopK on activations (our reading of the paper: the gradient only enters the training-time choice; its full
+method text was not at hand, only the score above); with g = 0, or |<d_j, g>| equal for every latent, the
+score is a positive multiple of z and the g-SAE selection *is* TopK.
 """
 
 from __future__ import annotations
