@@ -14,6 +14,8 @@ examples:
   featurelens train --acts runs/demo/acts --arch jumprelu --target-l0 40 --out runs/demo/jumprelu
   featurelens train --model smollm2 --hook layers.15.resid_post --tokens 500000 --out runs/live/sae
                                                         # live: no store, activations computed as needed
+  featurelens train --model smollm2 --hook layers.15.resid_post --arch gtopk --k 32 --out runs/live/gsae
+                                                        # gradient-aware TopK: live only (needs the loss)
 """
 
 from __future__ import annotations
@@ -104,6 +106,12 @@ def add_dictionary_arguments(parser: argparse.ArgumentParser, defaults: TrainCon
         default=defaults.sparsity_coefficient,
         help="relu/jumprelu: penalty weight (the starting point when --target-l0 is set)",
     )
+    parser.add_argument(
+        "--gradient-weight",
+        type=float,
+        default=defaults.gradient_weight,
+        help="gtopk (live only): weight beta of a latent's |activation x loss gradient| in picking the k",
+    )
     parser.add_argument("--skip", action="store_true", help="add a linear skip connection (transcoders)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="tokens per step")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="initialisation and shuffling seed")
@@ -134,6 +142,7 @@ def configs_from_args(args: argparse.Namespace, hook_in: str, hook_out: str | No
             hook_out=hook_out,
             skip=args.skip,
             encoder_dtype=args.encoder_dtype,
+            gradient_weight=args.gradient_weight,
         )
         for k, expansion, lr, target_l0 in combos
     ]

@@ -2,6 +2,7 @@
 
 from featurelens.dictionaries.base import Dictionary, DictionaryError, TrainingOutput
 from featurelens.dictionaries.batchtopk import BatchTopKDictionary
+from featurelens.dictionaries.gradient_topk import GradientTopKDictionary
 from featurelens.dictionaries.jumprelu import JumpReLUDictionary
 from featurelens.dictionaries.matching_pursuit import MatchingPursuitDictionary
 from featurelens.dictionaries.matryoshka import MatryoshkaDictionary
@@ -14,6 +15,7 @@ __all__ = [
     "BatchTopKDictionary",
     "Dictionary",
     "DictionaryError",
+    "GradientTopKDictionary",
     "JumpReLUDictionary",
     "MatchingPursuitDictionary",
     "MatryoshkaDictionary",

@@ -49,6 +49,7 @@ class Dictionary(nn.Module):
     arch: ClassVar[str] = ""
     sparsity_coefficient: float | None = None  # the penalty weight of relu/jumprelu; None = sparse by k
     encoder_dtype: torch.dtype = torch.float32  # precision of the training-time latent selection (TopK)
+    needs_gradient: ClassVar[bool] = False  # training_forward takes gradient=, the loss gradient at hook_in
     input_scale: torch.Tensor
     output_scale: torch.Tensor
 

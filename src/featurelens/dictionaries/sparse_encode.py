@@ -38,25 +38,56 @@ class TopKEncode(torch.autograd.Function):
     def backward(
         ctx: Any, grad_values: torch.Tensor, _grad_indices: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, None, None]:
-        x, W_enc, indices, values = ctx.saved_tensors
-        grad = grad_values * (values > 0)  # [n, k]; relu passes gradient only where it was positive
-        n, k = indices.shape
-        d_latent = W_enc.shape[1]
-        flat_indices, flat_grad = indices.reshape(-1), grad.reshape(-1)
-        grad_x = grad_W = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = F.embedding_bag(indices, W_enc.t().contiguous(), per_sample_weights=grad, mode="sum")
-        if ctx.needs_input_grad[1]:
-            rows = torch.arange(n, device=x.device).repeat_interleave(k)
-            sparse = torch.sparse_coo_tensor(
-                torch.stack([flat_indices, rows]), flat_grad, (d_latent, n), check_invariants=False
-            )
-            grad_W = torch.sparse.mm(sparse.coalesce(), x).t()  # [d_in, d_latent]
-        if ctx.needs_input_grad[2]:
-            grad_b = torch.zeros(d_latent, dtype=grad.dtype, device=grad.device).index_add_(
-                0, flat_indices, flat_grad
-            )
-        return grad_x, grad_W, grad_b, None, None
+        return (*sparse_encoder_grads(ctx, grad_values), None, None)
+
+
+def sparse_encoder_grads(
+    ctx: Any, grad_values: torch.Tensor
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of (x, W_enc, b_enc) from those of relu values [n, k] at latents indices [n, k] (in ctx)."""
+    x, W_enc, indices, values = ctx.saved_tensors
+    grad = grad_values * (values > 0)  # [n, k]; relu passes gradient only where it was positive
+    n, k = indices.shape
+    d_latent = W_enc.shape[1]
+    flat_indices, flat_grad = indices.reshape(-1), grad.reshape(-1)
+    grad_x = grad_W = grad_b = None
+    if ctx.needs_input_grad[0]:
+        grad_x = F.embedding_bag(indices, W_enc.t().contiguous(), per_sample_weights=grad, mode="sum")
+    if ctx.needs_input_grad[1]:
+        rows = torch.arange(n, device=x.device).repeat_interleave(k)
+        sparse = torch.sparse_coo_tensor(
+            torch.stack([flat_indices, rows]), flat_grad, (d_latent, n), check_invariants=False
+        )
+        grad_W = torch.sparse.mm(sparse.coalesce(), x).t()  # [d_in, d_latent]
+    if ctx.needs_input_grad[2]:
+        grad_b = torch.zeros(d_latent, dtype=grad.dtype, device=grad.device).index_add_(
+            0, flat_indices, flat_grad
+        )
+    return grad_x, grad_W, grad_b
+
+
+class PickedEncode(torch.autograd.Function):
+    """relu of the pre-activations ``picked`` [n, k] of x [n, d] @ W [d, L] + b [L] at latents ``indices``
+    [n, k] chosen by some other rule, computed already; the backward is :class:`TopKEncode`'s."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        W_enc: torch.Tensor,
+        b_enc: torch.Tensor,
+        picked: torch.Tensor,
+        indices: torch.Tensor,
+    ) -> torch.Tensor:
+        values = picked.relu()
+        ctx.save_for_backward(x, W_enc, indices, values)
+        return values
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_values: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, None, None]:
+        return (*sparse_encoder_grads(ctx, grad_values), None, None)
 
 
 def topk_encode(
@@ -69,6 +100,15 @@ def topk_encode(
     """
     values, indices = TopKEncode.apply(x, W_enc, b_enc, k, dtype or x.dtype)
     return values, indices
+
+
+def picked_encode(
+    x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, picked: torch.Tensor, indices: torch.Tensor
+) -> torch.Tensor:
+    """relu(picked) [n, k]: pre-activations of ``x @ W_enc + b_enc`` [n, L] at ``indices`` [n, k], taken
+    without autograd, given the sparse backward of :func:`topk_encode`."""
+    values: torch.Tensor = PickedEncode.apply(x, W_enc, b_enc, picked, indices)
+    return values
 
 
 @functools.cache

@@ -42,7 +42,15 @@ class TopKDictionary(Dictionary):
             values, indices = self.pre_activation(x_scaled).topk(self.k, dim=1, sorted=False)
             values = values.relu()
         y_hat = topk_decode(indices, values, self.W_dec) + self.b_dec + self.skip_term(x_scaled)
-        active = values > 0
-        fired = torch.zeros(self.d_latent, dtype=torch.bool, device=values.device)
-        fired[indices[active]] = True
-        return TrainingOutput(y_hat, fired, active.sum(1).float().mean(), values.new_zeros(()))
+        return topk_output(y_hat, indices, values, self.d_latent)
+
+
+def topk_output(
+    y_hat: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, d_latent: int
+) -> TrainingOutput:
+    """The training output of a reconstruction y_hat [n, d_out] from k picks per row (indices/values [n, k]):
+    a latent fired where its value is positive; no extra loss."""
+    active = values > 0
+    fired = torch.zeros(d_latent, dtype=torch.bool, device=values.device)
+    fired[indices[active]] = True
+    return TrainingOutput(y_hat, fired, active.sum(1).float().mean(), values.new_zeros(()))

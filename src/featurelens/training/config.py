@@ -7,8 +7,9 @@ from typing import Any
 
 from featurelens.dictionaries.base import DictionaryError
 
-K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka", "mp")  # sparsity set by k
+K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka", "mp", "gtopk")  # sparsity set by k
 PENALTY_ARCHITECTURES = ("relu", "jumprelu")  # sparsity set by a penalty (or a target L0)
+GRADIENT_ARCHITECTURES = ("gtopk",)  # latents picked with the model's loss gradient (live training only)
 ENCODER_DTYPES = ("auto", "float32", "bfloat16")
 
 
@@ -24,7 +25,8 @@ class TrainConfig:
     ``target_l0`` a controller steers that coefficient until the mean L0 reaches the target.
     ``encoder_dtype`` is the precision of the TopK encoder's forward matmul, which picks the active latents
     (gradients and weights stay float32): ``bfloat16`` runs 3x faster on CPUs with AVX512-BF16 and on GPUs;
-    ``auto`` picks it where the hardware has it.
+    ``auto`` picks it where the hardware has it. ``gradient_weight`` is the beta of gradient-aware TopK
+    (gtopk): the weight of a latent's |activation x loss gradient| attribution in the choice of latents.
     """
 
     arch: str = "topk"
@@ -45,6 +47,7 @@ class TrainConfig:
     hook_out: str | None = None
     skip: bool = False
     encoder_dtype: str = "auto"
+    gradient_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.encoder_dtype not in ENCODER_DTYPES:
@@ -70,6 +73,8 @@ class TrainConfig:
             kwargs["k"] = self.k
         if self.arch in PENALTY_ARCHITECTURES:
             kwargs["sparsity_coefficient"] = self.sparsity_coefficient
+        if self.arch in GRADIENT_ARCHITECTURES:
+            kwargs["gradient_weight"] = self.gradient_weight
         return kwargs
 
     def to_dict(self) -> dict[str, Any]:

@@ -22,6 +22,8 @@ import torch
 from featurelens.capture import ActivationStore
 from featurelens.capture.store import write_json_atomic
 from featurelens.dictionaries.base import Dictionary, DictionaryError
+from featurelens.dictionaries.gradient_topk import needs_model_error
+from featurelens.dictionaries.registry import dictionary_class
 from featurelens.dictionaries.topk import check_k
 from featurelens.evaluate.reconstruction import ReconstructionMetrics, reconstruction_metrics
 from featurelens.models.loading import resolve_device
@@ -158,7 +160,7 @@ def typical_rows(store: ActivationStore, hooks: list[str]) -> tuple[np.ndarray, 
     return keep, limits
 
 
-def as_batch(batch: tuple[torch.Tensor, ...]) -> Batch:
+def as_batch(batch: tuple[torch.Tensor, ...]) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """x for one hook, (x, y) for two."""
     return batch[0] if len(batch) == 1 else (batch[0], batch[1])
 
@@ -183,6 +185,9 @@ def train_on_store(
     job: StoreTraining, configs: Sequence[TrainConfig], on_step: StepCallback | None = None
 ) -> list[SavedDictionary]:
     """Train ``configs`` (sharing batch size and hooks) on ``job.acts``; write each into its folder."""
+    for config in configs:
+        if dictionary_class(config.arch).needs_gradient:
+            raise needs_model_error(config.arch)
     store = ActivationStore.open(job.acts)
     first = configs[0]
     hooks = list(dict.fromkeys([first.hook_in, first.hook_out or first.hook_in]))

@@ -5,6 +5,8 @@ stops after the last hooked layer), and their rows (position 0 and special token
 buffer of ``buffer_tokens`` rows that hands out shuffled batches. Rows whose norm exceeds the outlier
 multiple of the first forward pass's median norm are left out, as in store training. Everything is
 deterministic, so ``--resume`` regenerates and skips the batches a checkpoint already trained on.
+Gradient-aware architectures (``needs_gradient``, e.g. gtopk) run the model forward and backward instead,
+and each row travels with the loss gradient at the hook: batches are then (x, x, gradient).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from featurelens.capture.live import live_rows
 from featurelens.capture.store import rebatch
 from featurelens.corpus import CorpusConfig
 from featurelens.dictionaries.base import DictionaryError
+from featurelens.dictionaries.registry import dictionary_class
 from featurelens.dictionaries.topk import check_k
 from featurelens.models import load_model
 from featurelens.training.config import K_ARCHITECTURES, TrainConfig
@@ -62,13 +65,24 @@ def filled_buffers(parts: Iterator[list[np.ndarray]], buffer_tokens: int) -> Ite
 
 
 def shuffled_batches(
-    parts: Iterator[list[np.ndarray]], batch_size: int, buffer_tokens: int, seed: int
+    parts: Iterator[list[np.ndarray]],
+    batch_size: int,
+    buffer_tokens: int,
+    seed: int,
+    *,
+    gradient: bool = False,
 ) -> Iterator[Batch]:
-    """Shuffle aligned row chunks through a buffer of ``buffer_tokens`` rows; yield full batches."""
+    """Shuffle aligned row chunks through a buffer of ``buffer_tokens`` rows; yield full batches.
+
+    With ``gradient`` the last column is the loss gradient at the input hook: batches are (x, y, gradient).
+    """
     rng = np.random.default_rng(seed)
     for batch in rebatch(filled_buffers(parts, buffer_tokens), batch_size, rng):
         tensors = [torch.from_numpy(column) for column in batch]
-        yield tensors[0] if len(tensors) == 1 else (tensors[0], tensors[1])
+        if gradient:
+            yield tensors[0], tensors[-2], tensors[-1]
+        else:
+            yield tensors[0] if len(tensors) == 1 else (tensors[0], tensors[1])
 
 
 def train_live(
@@ -85,13 +99,20 @@ def train_live(
     rows = job.tokens * (job.seq_len - 1) // job.seq_len  # position 0 of every sequence is left out
     steps = math.ceil(rows / first.batch_size)  # special tokens and outliers may end the stream a bit sooner
     configs = [dataclasses.replace(config, steps=steps) for config in configs]
+    gradient = any(dictionary_class(config.arch).needs_gradient for config in configs)
     parts = (
-        rows.activations
+        rows.activations + ([rows.gradients] if rows.gradients is not None else [])
         for rows in live_rows(
-            lm, hooks, job.corpus, seq_len=job.seq_len, n_tokens=job.tokens, batch_size=job.model_batch_size
+            lm,
+            hooks,
+            job.corpus,
+            seq_len=job.seq_len,
+            n_tokens=job.tokens,
+            batch_size=job.model_batch_size,
+            gradient_hook=first.hook_in if gradient else None,
         )
     )
-    batches = shuffled_batches(parts, first.batch_size, job.buffer_tokens, first.seed)
+    batches = shuffled_batches(parts, first.batch_size, job.buffer_tokens, first.seed, gradient=gradient)
     source = {
         "model": job.model,
         "corpus": dataclasses.asdict(job.corpus),

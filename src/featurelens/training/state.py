@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from featurelens.dictionaries.base import Dictionary, DictionaryError
+from featurelens.dictionaries.base import Dictionary, DictionaryError, TrainingOutput
 from featurelens.dictionaries.registry import build_dictionary, dictionary_class
 from featurelens.dictionaries.sparse_encode import selection_dtype
 from featurelens.training.config import TrainConfig, learning_rate_factor
@@ -75,13 +76,24 @@ class TrainingRun:
         self.step = 0
         self.tokens = 0
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> StepMetrics:
-        """One optimiser step on raw inputs x [n, d_in] and targets y [n, d_out]."""
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, *, gradient: torch.Tensor | None = None
+    ) -> StepMetrics:
+        """One optimiser step on raw inputs x [n, d_in] and targets y [n, d_out].
+
+        ``gradient`` [n, d_in], the model's loss gradient with respect to x, reaches only dictionaries that
+        need one (``needs_gradient``), in the scaled space: d loss / d (x * s) = gradient / s.
+        """
         config, dictionary = self.config, self.dictionary
         for group in self.optimizer.param_groups:
             group["lr"] = config.lr * learning_rate_factor(self.step, config)
         xs, ys = x * dictionary.input_scale, y * dictionary.output_scale
-        out = dictionary.training_forward(xs, ys)
+        forward: Callable[..., TrainingOutput] = dictionary.training_forward
+        if dictionary.needs_gradient:
+            scaled = gradient / dictionary.input_scale if gradient is not None else None
+            out = forward(xs, ys, gradient=scaled)
+        else:
+            out = forward(xs, ys)
         residual = ys - out.y_hat
         loss = residual.square().sum(1).mean() / ys.shape[1] + out.extra_loss
         dead = self.rows_since_fired > config.dead_after_tokens

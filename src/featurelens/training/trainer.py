@@ -16,7 +16,7 @@ from featurelens.training.checkpoint import find_checkpoint, load_checkpoint, sa
 from featurelens.training.config import TrainConfig
 from featurelens.training.state import StepMetrics, TrainingRun, initial_dictionary
 
-Batch = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+Batch = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 StepCallback = Callable[[list[TrainingRun], list[StepMetrics]], None]
 
 
@@ -47,10 +47,12 @@ class Checkpointing:
     source: dict[str, Any] | None = None
 
 
-def split_batch(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs [n, d_in], targets [n, d_out]) from an SAE batch x or a transcoder batch (x, y)."""
-    x, y = batch if isinstance(batch, tuple) else (batch, batch)
-    for name, t in (("inputs", x), ("targets", y)):
+def split_batch(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(inputs [n, d_in], targets [n, d_out], loss gradient [n, d_in] or None) from an SAE batch x, a
+    transcoder batch (x, y), or (x, y, gradient) from a model's backward pass (gradient-aware archs)."""
+    x, y, gradient = (*batch, None)[:3] if isinstance(batch, tuple) else (batch, batch, None)
+    named = [("inputs", x), ("targets", y)] + ([("gradients", gradient)] if gradient is not None else [])
+    for name, t in named:
         if t.ndim != 2 or t.shape[0] == 0:
             raise DictionaryError(f"{name} must be a non-empty [batch, width] tensor, got {list(t.shape)}")
         if torch.isfinite(t.sum()):  # cheap: one NaN/Inf anywhere makes the sum non-finite (or overflows)
@@ -60,7 +62,7 @@ def split_batch(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
             raise DictionaryError(
                 f"{name} have NaN/Inf in {len(bad)} rows of a batch (first: {bad[:5].tolist()})"
             )
-    return x.float(), y.float()
+    return x.float(), y.float(), gradient.float() if gradient is not None else None
 
 
 def _check_together(configs: Sequence[TrainConfig]) -> None:
@@ -104,7 +106,8 @@ def train_dictionaries(
         pending = next(iterator, None)
         if pending is None:
             raise DictionaryError("no training batches: the activation source is empty")
-        x, y = (t.to(device) for t in split_batch(pending))
+        x, y, _ = split_batch(pending)
+        x, y = x.to(device), y.to(device)
         runs = [TrainingRun(config, initial_dictionary(config, x, y).to(device)) for config in configs]
     started, start_tokens = time.perf_counter(), runs[0].tokens
     while runs[0].step < steps:
@@ -112,8 +115,10 @@ def train_dictionaries(
         pending = None
         if batch is None:
             break
-        x, y = (t.to(device, non_blocking=True) for t in split_batch(batch))
-        metrics = [run.train_step(x, y) for run in runs]
+        x, y, gradient = split_batch(batch)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        gradient = gradient.to(device, non_blocking=True) if gradient is not None else None
+        metrics = [run.train_step(x, y, gradient=gradient) for run in runs]
         if on_step is not None:
             on_step(runs, metrics)
         if checkpointing and checkpointing.every and runs[0].step % checkpointing.every == 0:
