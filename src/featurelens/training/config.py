@@ -7,7 +7,7 @@ from typing import Any
 
 from featurelens.dictionaries.base import DictionaryError
 
-K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka", "mp")  # sparsity set by k
+K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka", "mp", "seminmf")  # sparsity set by k
 PENALTY_ARCHITECTURES = ("relu", "jumprelu")  # sparsity set by a penalty (or a target L0)
 ENCODER_DTYPES = ("auto", "float32", "bfloat16")
 
@@ -16,7 +16,8 @@ ENCODER_DTYPES = ("auto", "float32", "bfloat16")
 class TrainConfig:
     """One training run.
 
-    ``expansion`` sets d_latent = expansion * d_in. The learning rate warms up linearly over
+    ``expansion`` sets d_latent = expansion * d_in, unless ``latents`` gives d_latent itself (e.g. fewer
+    features than inputs, as semi-NMF usually wants). The learning rate warms up linearly over
     ``warmup_steps`` and decays linearly to 0 over the last ``decay_fraction`` of ``steps``. A latent is
     dead after ``dead_after_tokens`` rows without firing; AuxK (weight ``auxk_coefficient``, ``auxk_k``
     latents, default d_in // 2) then trains it on the main residual. ``seed`` fixes initialisation.
@@ -30,6 +31,7 @@ class TrainConfig:
     arch: str = "topk"
     k: int = 32
     expansion: int = 16
+    latents: int | None = None
     sparsity_coefficient: float = 1.0
     target_l0: float | None = None
     lr: float = 1e-3
@@ -54,6 +56,8 @@ class TrainConfig:
         for name in ("expansion", "batch_size", "steps"):
             if getattr(self, name) < 1:
                 raise DictionaryError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.latents is not None and self.latents < 1:
+            raise DictionaryError(f"latents must be a positive integer, got {self.latents}")
         if self.lr <= 0:
             raise DictionaryError(f"lr must be positive, got {self.lr}")
         if self.target_l0 is not None and self.target_l0 <= 0:
@@ -71,6 +75,10 @@ class TrainConfig:
         if self.arch in PENALTY_ARCHITECTURES:
             kwargs["sparsity_coefficient"] = self.sparsity_coefficient
         return kwargs
+
+    def d_latent(self, width: int) -> int:
+        """The number of latents for inputs of ``width``: ``latents``, or ``expansion * width``."""
+        return self.latents if self.latents is not None else self.expansion * width
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
