@@ -49,12 +49,13 @@ def nnls_gram(
     h = target.new_zeros(target.shape)
     y, t = h, target.new_ones(target.shape[0], 1)
     for _ in range(iterations):
-        gradient = y @ gram - target
-        h_next = (y - step * gradient).clamp_min_(0.0)
-        uphill = ((gradient * (h_next - h)).sum(dim=1, keepdim=True) > 0).to(t.dtype)
-        t = torch.where(uphill > 0, torch.ones_like(t), t)
+        gradient = torch.addmm(target, y, gram, alpha=1.0, beta=-1.0)  # y G - target
+        h_next = torch.add(y, gradient, alpha=-step).clamp_min_(0.0)
+        change = h_next.sub(h)
+        uphill = (gradient * change).sum(dim=1, keepdim=True) > 0
+        t = t.masked_fill(uphill, 1.0)
         t_next = (1 + (1 + 4 * t * t).sqrt()) / 2
-        y = h_next + ((t - 1) / t_next) * (h_next - h)
+        y = torch.addcmul(h_next, (t - 1) / t_next, change)
         h, t = h_next, t_next
     return h
 
