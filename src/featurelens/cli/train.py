@@ -236,9 +236,7 @@ def main(args: argparse.Namespace) -> int:
                     f"warning: seminmf is meant for MLP neurons (layers.N.mlp_neurons), not {hook}",
                     file=sys.stderr,
                 )
-            on_pass = partial(print_pass, console)
-            train = partial(train_on_store, job, configs, on_pass=on_pass)
-            return finish(train(None), console)
+            return finish(train_on_store(job, configs, on_pass=partial(print_pass, console)), console)
         train = partial(train_on_store, job, configs)
     return finish(train_with_progress(train, console), console)
 

@@ -35,18 +35,15 @@ class PassReport:
     fvu: float
     l0: float
     dead_fraction: float
-    reseeded: int
     rows: int
     batches: int
     seconds: float
 
     def line(self) -> str:
-        """``semi-NMF pass 3/10: FVU 0.1234, L0 7.9, dead 0.0%, 2.1 s``."""
+        """``semi-NMF pass 3/10: FVU 0.1234, L0 7.9, unused (re-seeded) 0.0%, 2.1 s``."""
         return (
             f"semi-NMF pass {self.index}/{self.passes}: FVU {self.fvu:.4f}, L0 {self.l0:.1f}, "
-            f"dead {self.dead_fraction:.1%}"
-            + (f" (re-seeded {self.reseeded})" if self.reseeded else "")
-            + f", {self.seconds:.1f} s"
+            f"unused (re-seeded) {self.dead_fraction:.1%}, {self.seconds:.1f} s"
         )
 
 
@@ -138,7 +135,6 @@ def fit_semi_nmf(
             fvu=fvu,
             l0=stats.active / stats.rows,
             dead_fraction=float(unused.float().mean()),
-            reseeded=int(unused.sum()),
             rows=stats.rows,
             batches=n_batches,
             seconds=time.perf_counter() - began,
