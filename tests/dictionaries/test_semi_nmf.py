@@ -120,7 +120,11 @@ def test_streaming_fit_matches_the_full_batch_reference() -> None:
     assert torch.allclose(reference_directions.norm(dim=1), torch.ones(16)) and (reference_codes >= 0).all()
     reference = semi_nmf_objective(x, reference_codes, reference_directions)
     dictionary = SemiNMFDictionary(32, 16, k=None, iterations=100)
-    reports = fit_semi_nmf(dictionary, x, lambda: x.split(1000), passes=30, seed=0)
+    seen: list[tuple[int, int | None]] = []
+    reports = fit_semi_nmf(
+        dictionary, x, lambda: x.split(1000), passes=30, seed=0, on_batch=lambda *read: seen.append(read)
+    )
+    assert seen[3] == (4000, None) and seen[4] == (5000, 120_000) and seen[-1] == (120_000, 120_000)
     streamed = semi_nmf_objective(x, dictionary.encode(x), dictionary.W_dec.detach())
     gap = streamed / reference - 1
     print(f"objective full batch {reference:.4f}, streaming {streamed:.4f} ({gap:+.2%})")

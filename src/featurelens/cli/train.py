@@ -236,7 +236,9 @@ def main(args: argparse.Namespace) -> int:
                     f"warning: seminmf is meant for MLP neurons (layers.N.mlp_neurons), not {hook}",
                     file=sys.stderr,
                 )
-            return finish(train_on_store(job, configs, on_pass=partial(print_pass, console)), console)
+            with stage_progress(console, "semi-NMF", "rows") as update:
+                saved = train_on_store(job, configs, on_pass=partial(print_pass, console), on_batch=update)
+            return finish(saved, console)
         train = partial(train_on_store, job, configs)
     return finish(train_with_progress(train, console), console)
 

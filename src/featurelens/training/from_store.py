@@ -27,7 +27,7 @@ from featurelens.evaluate.reconstruction import ReconstructionMetrics, reconstru
 from featurelens.models.loading import resolve_device
 from featurelens.training.checkpoint import checkpoint_dir, find_checkpoint
 from featurelens.training.config import K_ARCHITECTURES, TrainConfig
-from featurelens.training.semi_nmf import SEMI_NMF, PassReport, train_semi_nmf
+from featurelens.training.semi_nmf import SEMI_NMF, BatchCallback, PassCallback, train_semi_nmf
 from featurelens.training.trainer import Batch, Checkpointing, StepCallback, TrainResult, train_dictionaries
 
 TRAINING = "training.json"
@@ -188,11 +188,12 @@ def train_on_store(
     job: StoreTraining,
     configs: Sequence[TrainConfig],
     on_step: StepCallback | None = None,
-    on_pass: Callable[[PassReport], None] | None = None,
+    on_pass: PassCallback | None = None,
+    on_batch: BatchCallback | None = None,
 ) -> list[SavedDictionary]:
     """Train ``configs`` (sharing batch size and hooks) on ``job.acts``; write each into its folder.
 
-    Semi-NMF configs are fitted by passes instead of steps and report each pass to ``on_pass``."""
+    Semi-NMF configs are fitted by passes instead of steps and report to ``on_pass`` and ``on_batch``."""
     store = ActivationStore.open(job.acts)
     first = configs[0]
     hooks = list(dict.fromkeys([first.hook_in, first.hook_out or first.hook_in]))
@@ -226,7 +227,8 @@ def train_on_store(
         "max_norm": limits,
     }
     if first.arch == SEMI_NMF:
-        return fit_semi_nmf_on_store(job, configs, store, (stop, keep), provenance, heldout, on_pass)
+        progress = (on_pass, on_batch)
+        return fit_semi_nmf_on_store(job, configs, store, (stop, keep), provenance, heldout, progress)
     per_epoch = math.ceil(int(keep[:stop].sum()) / first.batch_size)
     job_epochs = job.epochs or 1
     steps = job.steps or job_epochs * per_epoch
@@ -244,7 +246,7 @@ def fit_semi_nmf_on_store(
     training_rows: tuple[int, np.ndarray],
     provenance: dict[str, Any],
     heldout: Callable[[Dictionary], ReconstructionMetrics | None],
-    on_pass: Callable[[PassReport], None] | None,
+    progress: tuple[PassCallback | None, BatchCallback | None],
 ) -> list[SavedDictionary]:
     """Fit semi-NMF ``configs`` one after another by whole passes over the kept rows before ``stop``."""
     stop, keep = training_rows
@@ -263,9 +265,10 @@ def fit_semi_nmf_on_store(
         rows = store.iter_aligned_batches([hook], first.batch_size, shuffle=False, rows=(0, stop), keep=keep)
         return (batch[0] for batch in rows)
 
-    passes = job.epochs or SEMI_NMF_PASSES
+    passes, (on_pass, on_batch) = job.epochs or SEMI_NMF_PASSES, progress
     results = [
-        train_semi_nmf(config, sample, batches, passes, device=device, on_pass=on_pass) for config in configs
+        train_semi_nmf(config, sample, batches, passes, device=device, on_pass=on_pass, on_batch=on_batch)
+        for config in configs
     ]
     return save_trained(folders, results, provenance, heldout)
 

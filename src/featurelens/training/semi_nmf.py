@@ -22,6 +22,8 @@ from featurelens.training.config import TrainConfig
 from featurelens.training.trainer import TrainResult
 
 SEMI_NMF = SemiNMFDictionary.arch
+PassCallback = Callable[["PassReport"], None]
+BatchCallback = Callable[[int, int | None], None]  # (rows read over all passes, their total once known)
 RIDGE = 1e-10  # relative to the mean diagonal of H^T H, only to keep the solve defined
 
 
@@ -90,13 +92,15 @@ def fit_semi_nmf(
     passes: int,
     *,
     seed: int = 0,
-    on_pass: Callable[[PassReport], None] | None = None,
+    on_pass: PassCallback | None = None,
+    on_batch: BatchCallback | None = None,
 ) -> list[PassReport]:
     """Fit ``dictionary``'s directions in place by ``passes`` alternating passes; one report per pass.
 
     ``sample`` [m, d] (m >= d_latent, e.g. random training rows) seeds the directions by k-means (seeded by
     ``seed``); ``batches()`` yields the training rows [n, d] afresh for every pass, in any order. Work runs
-    on the dictionary's device; ``b_dec`` is set to 0 (raw activations are factorised).
+    on the dictionary's device; ``b_dec`` is set to 0 (raw activations are factorised). ``on_batch`` hears
+    the rows read so far over all passes and, from the second pass on, their total.
     """
     if passes < 1:
         raise DictionaryError(f"semi-NMF needs at least one pass, got {passes}")
@@ -109,7 +113,7 @@ def fit_semi_nmf(
     with torch.no_grad():
         dictionary.W_dec.copy_(unit_rows(centroids)[0])
         dictionary.b_dec.zero_()
-    reports = []
+    reports: list[PassReport] = []
     for index in range(1, passes + 1):
         began = time.perf_counter()
         stats = SufficientStatistics(dictionary.d_latent, dictionary.d_in, device)
@@ -119,6 +123,9 @@ def fit_semi_nmf(
                 x = batch.to(device).float()
                 stats.add(x, dictionary.encode(x))
                 n_batches += 1
+                if on_batch is not None:
+                    per_pass = reports[0].rows if reports else 0
+                    on_batch((index - 1) * per_pass + stats.rows, per_pass * passes or None)
         if stats.rows == 0:
             raise DictionaryError("no training rows: the activation source is empty")
         f = stats.directions()
@@ -152,13 +159,16 @@ def train_semi_nmf(
     passes: int,
     *,
     device: str | torch.device = "cpu",
-    on_pass: Callable[[PassReport], None] | None = None,
+    on_pass: PassCallback | None = None,
+    on_batch: BatchCallback | None = None,
 ) -> TrainResult:
     """A semi-NMF dictionary of ``config`` (d_latent, k, seed) fitted by :func:`fit_semi_nmf` on ``device``,
     with the last pass's metrics."""
     width = sample.shape[1]
     dictionary = SemiNMFDictionary(width, config.d_latent(width), **config.dictionary_kwargs()).to(device)
-    reports = fit_semi_nmf(dictionary, sample, batches, passes, seed=config.seed, on_pass=on_pass)
+    reports = fit_semi_nmf(
+        dictionary, sample, batches, passes, seed=config.seed, on_pass=on_pass, on_batch=on_batch
+    )
     last, seconds = reports[-1], sum(report.seconds for report in reports)
     tokens = sum(report.rows for report in reports)
     return TrainResult(
