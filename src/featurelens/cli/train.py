@@ -12,6 +12,8 @@ examples:
   featurelens train --acts runs/mlp/acts --hook layers.3.mlp_in --hook-out layers.3.mlp_out --skip \\
       --out runs/mlp/transcoder                                                      # a skip transcoder
   featurelens train --acts runs/demo/acts --arch jumprelu --target-l0 40 --out runs/demo/jumprelu
+  featurelens train --acts runs/mlp/acts --hook layers.3.mlp_neurons --arch seminmf --k 8 --latents 512 \\
+      --epochs 10 --out runs/mlp/seminmf                   # semi-NMF of MLP neurons, 10 alternating passes
   featurelens train --model smollm2 --hook layers.15.resid_post --tokens 500000 --out runs/live/sae
                                                         # live: no store, activations computed as needed
   featurelens train --model smollm2 --hook layers.15.resid_post --arch gtopk --k 32 --out runs/live/gsae
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 from collections.abc import Callable
 from functools import partial
 
@@ -33,9 +36,11 @@ from featurelens.cli.progress import stage_progress
 from featurelens.corpus import CorpusConfig
 from featurelens.dictionaries.base import DictionaryError
 from featurelens.dictionaries.registry import ARCHITECTURES
+from featurelens.models.hook_names import point_of
 from featurelens.training.config import ENCODER_DTYPES, K_ARCHITECTURES, TrainConfig
 from featurelens.training.from_store import SavedDictionary, StoreTraining, train_on_store
 from featurelens.training.live import LiveTraining, train_live
+from featurelens.training.semi_nmf import SEMI_NMF, PassReport
 from featurelens.training.state import StepMetrics, TrainingRun
 from featurelens.training.trainer import StepCallback
 
@@ -67,7 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hook-out", help="hook point to predict: makes a transcoder (same store)")
     parser.add_argument("--out", default="runs/demo/sae", help="folder to write the dictionary into")
     add_dictionary_arguments(parser)
-    parser.add_argument("--epochs", type=int, default=1, help="passes over the training rows")
+    parser.add_argument(
+        "--epochs", type=int, help="passes over the training rows (default 1; seminmf: 10 alternating passes)"
+    )
     parser.add_argument("--steps", type=int, help="train exactly this many steps instead of --epochs")
     parser.add_argument("--holdout", type=int, help="rows held out at the store's end (default 10%%, ≤20k)")
     parser.add_argument(
@@ -90,6 +97,12 @@ def add_dictionary_arguments(parser: argparse.ArgumentParser, defaults: TrainCon
     )
     parser.add_argument(
         "--expansion", type=number_list(int), default=[defaults.expansion], help="latents per input dimension"
+    )
+    parser.add_argument(
+        "--latents",
+        type=number_list(int),
+        default=[defaults.latents],
+        help="number of latents, instead of --expansion (e.g. fewer features than neurons for seminmf)",
     )
     parser.add_argument(
         "--lr", type=number_list(float), default=[defaults.lr], help="peak Adam learning rate"
@@ -127,12 +140,13 @@ def add_dictionary_arguments(parser: argparse.ArgumentParser, defaults: TrainCon
 def configs_from_args(args: argparse.Namespace, hook_in: str, hook_out: str | None) -> list[TrainConfig]:
     """One config per combination of the list-valued options."""
     k_values = args.k if args.arch in K_ARCHITECTURES else args.k[:1]
-    combos = itertools.product(k_values, args.expansion, args.lr, args.target_l0)
+    combos = itertools.product(k_values, args.expansion, args.latents, args.lr, args.target_l0)
     return [
         TrainConfig(
             arch=args.arch,
             k=k,
             expansion=expansion,
+            latents=latents,
             lr=lr,
             target_l0=target_l0,
             sparsity_coefficient=args.sparsity_coefficient,
@@ -144,7 +158,7 @@ def configs_from_args(args: argparse.Namespace, hook_in: str, hook_out: str | No
             encoder_dtype=args.encoder_dtype,
             gradient_weight=args.gradient_weight,
         )
-        for k, expansion, lr, target_l0 in combos
+        for k, expansion, latents, lr, target_l0 in combos
     ]
 
 
@@ -223,9 +237,26 @@ def main(args: argparse.Namespace) -> int:
             holdout_tokens=args.holdout,
             keep_outliers=args.keep_outliers,
         )
-        configs = configs_from_args(args, default_hook(args.acts, args.hook), args.hook_out)
+        hook = default_hook(args.acts, args.hook)
+        configs = configs_from_args(args, hook, args.hook_out)
+        if args.arch == SEMI_NMF:  # fitted by passes, each reported on one line, not by steps
+            if point_of(hook) != "mlp_neurons":
+                print(
+                    f"warning: seminmf is meant for MLP neurons (layers.N.mlp_neurons), not {hook}",
+                    file=sys.stderr,
+                )
+            with stage_progress(console, "semi-NMF", "rows") as update:
+                saved = train_on_store(job, configs, on_pass=partial(print_pass, console), on_batch=update)
+            return finish(saved, console)
         train = partial(train_on_store, job, configs)
-    saved = train_with_progress(train, console)
+    return finish(train_with_progress(train, console), console)
+
+
+def print_pass(console: Console, report: PassReport) -> None:
+    console.print(report.line(), markup=False, highlight=False)
+
+
+def finish(saved: list[SavedDictionary], console: Console) -> int:
     print_results(saved, console)
     console.print(f"evaluate in the model with: featurelens evaluate {saved[0].path}")
     return 0

@@ -1,4 +1,4 @@
-"""Sparse dictionaries (SAEs, transcoders) behind one `Dictionary` interface and one weight format."""
+"""Sparse dictionaries (SAEs, transcoders, semi-NMF) behind one `Dictionary` interface and weight format."""
 
 from featurelens.dictionaries.base import Dictionary, DictionaryError, TrainingOutput
 from featurelens.dictionaries.batchtopk import BatchTopKDictionary
@@ -8,6 +8,7 @@ from featurelens.dictionaries.matching_pursuit import MatchingPursuitDictionary
 from featurelens.dictionaries.matryoshka import MatryoshkaDictionary
 from featurelens.dictionaries.registry import ARCHITECTURES, build_dictionary, dictionary_class
 from featurelens.dictionaries.relu import ReLUDictionary
+from featurelens.dictionaries.semi_nmf import SemiNMFDictionary
 from featurelens.dictionaries.topk import TopKDictionary
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "MatchingPursuitDictionary",
     "MatryoshkaDictionary",
     "ReLUDictionary",
+    "SemiNMFDictionary",
     "TopKDictionary",
     "TrainingOutput",
     "build_dictionary",

@@ -11,6 +11,7 @@ from featurelens.dictionaries.jumprelu import JumpReLUDictionary
 from featurelens.dictionaries.matching_pursuit import MatchingPursuitDictionary
 from featurelens.dictionaries.matryoshka import MatryoshkaDictionary
 from featurelens.dictionaries.relu import ReLUDictionary
+from featurelens.dictionaries.semi_nmf import SemiNMFDictionary
 from featurelens.dictionaries.topk import TopKDictionary
 
 ARCHITECTURES: dict[str, type[Dictionary]] = {
@@ -23,6 +24,7 @@ ARCHITECTURES: dict[str, type[Dictionary]] = {
         JumpReLUDictionary,
         MatchingPursuitDictionary,
         GradientTopKDictionary,
+        SemiNMFDictionary,
     )
 }
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from featurelens.dictionaries.base import DictionaryError
 
-K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka", "mp", "gtopk")  # sparsity set by k
+K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka", "mp", "gtopk", "seminmf")  # sparsity set by k
 PENALTY_ARCHITECTURES = ("relu", "jumprelu")  # sparsity set by a penalty (or a target L0)
 GRADIENT_ARCHITECTURES = ("gtopk",)  # latents picked with the model's loss gradient (live training only)
 ENCODER_DTYPES = ("auto", "float32", "bfloat16")
@@ -17,7 +17,8 @@ ENCODER_DTYPES = ("auto", "float32", "bfloat16")
 class TrainConfig:
     """One training run.
 
-    ``expansion`` sets d_latent = expansion * d_in. The learning rate warms up linearly over
+    ``expansion`` sets d_latent = expansion * d_in, unless ``latents`` gives d_latent itself (e.g. fewer
+    features than inputs, as semi-NMF usually wants). The learning rate warms up linearly over
     ``warmup_steps`` and decays linearly to 0 over the last ``decay_fraction`` of ``steps``. A latent is
     dead after ``dead_after_tokens`` rows without firing; AuxK (weight ``auxk_coefficient``, ``auxk_k``
     latents, default d_in // 2) then trains it on the main residual. ``seed`` fixes initialisation.
@@ -32,6 +33,7 @@ class TrainConfig:
     arch: str = "topk"
     k: int = 32
     expansion: int = 16
+    latents: int | None = None
     sparsity_coefficient: float = 1.0
     target_l0: float | None = None
     lr: float = 1e-3
@@ -57,6 +59,8 @@ class TrainConfig:
         for name in ("expansion", "batch_size", "steps"):
             if getattr(self, name) < 1:
                 raise DictionaryError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.latents is not None and self.latents < 1:
+            raise DictionaryError(f"latents must be a positive integer, got {self.latents}")
         if self.lr <= 0:
             raise DictionaryError(f"lr must be positive, got {self.lr}")
         if self.target_l0 is not None and self.target_l0 <= 0:
@@ -76,6 +80,10 @@ class TrainConfig:
         if self.arch in GRADIENT_ARCHITECTURES:
             kwargs["gradient_weight"] = self.gradient_weight
         return kwargs
+
+    def d_latent(self, width: int) -> int:
+        """The number of latents for inputs of ``width``: ``latents``, or ``expansion * width``."""
+        return self.latents if self.latents is not None else self.expansion * width
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""

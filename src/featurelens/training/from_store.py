@@ -29,12 +29,15 @@ from featurelens.evaluate.reconstruction import ReconstructionMetrics, reconstru
 from featurelens.models.loading import resolve_device
 from featurelens.training.checkpoint import checkpoint_dir, find_checkpoint
 from featurelens.training.config import K_ARCHITECTURES, TrainConfig
+from featurelens.training.semi_nmf import SEMI_NMF, BatchCallback, PassCallback, train_semi_nmf
 from featurelens.training.trainer import Batch, Checkpointing, StepCallback, TrainResult, train_dictionaries
 
 TRAINING = "training.json"
 FORMAT = "featurelens.training"
 HOLDOUT_FRACTION = 0.1
 HOLDOUT_MAX = 20_000
+SEMI_NMF_PASSES = 10
+SEMI_NMF_SAMPLE = 32_768  # random training rows whose k-means centroids seed the directions
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,8 @@ class TrainingJob:
 class StoreTraining(TrainingJob):
     """Train on the store ``acts``.
 
-    ``steps`` (default: ``epochs`` passes over the training rows) overrides the configs' own.
+    ``steps`` (default: ``epochs`` passes over the training rows) overrides the configs' own. ``epochs``
+    defaults to 1, or to ``SEMI_NMF_PASSES`` alternating passes for semi-NMF, which takes no ``steps``.
     ``holdout_tokens`` rows at the end of the store are never trained on and measure the result
     (default: 10% of the rows, at most 20,000). Rows the store flags as norm outliers (attention-sink-like
     rows whose norm exceeds its outlier multiple of the median, ~1 in 10,000 on SmolLM2) are left out of
@@ -64,14 +68,14 @@ class StoreTraining(TrainingJob):
     """
 
     acts: str = "runs/demo/acts"
-    epochs: int = 1
+    epochs: int | None = None
     steps: int | None = None
     holdout_tokens: int | None = None
     keep_outliers: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.epochs < 1:
+        if self.epochs is not None and self.epochs < 1:
             raise DictionaryError(f"--epochs must be a positive integer, got {self.epochs}")
         if self.steps is not None and self.steps < 1:
             raise DictionaryError(f"--steps must be a positive integer, got {self.steps}")
@@ -97,6 +101,7 @@ def run_name(config: TrainConfig, configs: Sequence[TrainConfig]) -> str:
     short = {
         "k": "k",
         "expansion": "x",
+        "latents": "L",
         "lr": "lr",
         "target_l0": "l0",
         "sparsity_coefficient": "c",
@@ -182,9 +187,15 @@ def epoch_batches(
 
 
 def train_on_store(
-    job: StoreTraining, configs: Sequence[TrainConfig], on_step: StepCallback | None = None
+    job: StoreTraining,
+    configs: Sequence[TrainConfig],
+    on_step: StepCallback | None = None,
+    on_pass: PassCallback | None = None,
+    on_batch: BatchCallback | None = None,
 ) -> list[SavedDictionary]:
-    """Train ``configs`` (sharing batch size and hooks) on ``job.acts``; write each into its folder."""
+    """Train ``configs`` (sharing batch size and hooks) on ``job.acts``; write each into its folder.
+
+    Semi-NMF configs are fitted by passes instead of steps and report to ``on_pass`` and ``on_batch``."""
     for config in configs:
         if dictionary_class(config.arch).needs_gradient:
             raise needs_model_error(config.arch)
@@ -196,17 +207,11 @@ def train_on_store(
     width = store.manifest["hooks"][first.hook_in]["width"]
     for config in configs:
         if config.arch in K_ARCHITECTURES:
-            check_k(config.k, config.expansion * width)
+            check_k(config.k, config.d_latent(width))
     stop, n_rows = heldout_rows(store, job.holdout_tokens)
     keep, limits = typical_rows(store, hooks)
     if job.keep_outliers:
         keep, limits = np.ones(store.n_tokens, dtype=bool), {}
-    per_epoch = math.ceil(int(keep[:stop].sum()) / first.batch_size)
-    steps = job.steps or job.epochs * per_epoch
-    configs = [dataclasses.replace(config, steps=steps) for config in configs]
-    source = {"acts": str(Path(job.acts).resolve()), "rows": [0, stop], "hooks": hooks, "max_norm": limits}
-    epochs = max(job.epochs, math.ceil(steps / per_epoch))
-    batches = epoch_batches(store, hooks, first.batch_size, stop, epochs, first.seed, keep)
 
     def heldout(dictionary: Dictionary) -> ReconstructionMetrics | None:
         if not keep[stop:n_rows].any():
@@ -216,7 +221,7 @@ def train_on_store(
 
     capture = store.manifest["config"]
     provenance = {
-        "acts": source["acts"],
+        "acts": str(Path(job.acts).resolve()),
         "model": store.manifest["model"]["spec"],
         "corpus": store.manifest["corpus"],
         "seq_len": store.manifest["seq_len"],
@@ -226,7 +231,51 @@ def train_on_store(
         "rows": {"train": [0, stop], "heldout": [stop, n_rows]},
         "max_norm": limits,
     }
+    if first.arch == SEMI_NMF:
+        progress = (on_pass, on_batch)
+        return fit_semi_nmf_on_store(job, configs, store, (stop, keep), provenance, heldout, progress)
+    per_epoch = math.ceil(int(keep[:stop].sum()) / first.batch_size)
+    job_epochs = job.epochs or 1
+    steps = job.steps or job_epochs * per_epoch
+    configs = [dataclasses.replace(config, steps=steps) for config in configs]
+    source = {"acts": provenance["acts"], "rows": [0, stop], "hooks": hooks, "max_norm": limits}
+    epochs = max(job_epochs, math.ceil(steps / per_epoch))
+    batches = epoch_batches(store, hooks, first.batch_size, stop, epochs, first.seed, keep)
     return fit_and_save(job, configs, batches, source, provenance, heldout, on_step)
+
+
+def fit_semi_nmf_on_store(
+    job: StoreTraining,
+    configs: Sequence[TrainConfig],
+    store: ActivationStore,
+    training_rows: tuple[int, np.ndarray],
+    provenance: dict[str, Any],
+    heldout: Callable[[Dictionary], ReconstructionMetrics | None],
+    progress: tuple[PassCallback | None, BatchCallback | None],
+) -> list[SavedDictionary]:
+    """Fit semi-NMF ``configs`` one after another by whole passes over the kept rows before ``stop``."""
+    stop, keep = training_rows
+    if job.steps is not None:
+        raise DictionaryError("arch seminmf fits by whole passes over the store: set --epochs, not --steps")
+    folders = start_output(job, configs)
+    hook, first = configs[0].hook_in, configs[0]
+    kept = int(keep[:stop].sum())
+    shuffled = store.iter_aligned_batches(
+        [hook], max(1, min(SEMI_NMF_SAMPLE, kept)), seed=first.seed, rows=(0, stop), keep=keep
+    )
+    sample = next(iter(shuffled), (torch.zeros(0, 0),))[0]
+    device = resolve_device(job.device)
+
+    def batches() -> Iterator[torch.Tensor]:
+        rows = store.iter_aligned_batches([hook], first.batch_size, shuffle=False, rows=(0, stop), keep=keep)
+        return (batch[0] for batch in rows)
+
+    passes, (on_pass, on_batch) = job.epochs or SEMI_NMF_PASSES, progress
+    results = [
+        train_semi_nmf(config, sample, batches, passes, device=device, on_pass=on_pass, on_batch=on_batch)
+        for config in configs
+    ]
+    return save_trained(folders, results, provenance, heldout)
 
 
 def fit_and_save(
@@ -240,21 +289,39 @@ def fit_and_save(
 ) -> list[SavedDictionary]:
     """Train ``configs`` on ``batches``, checkpointing in ``job.out``; save each with its provenance."""
     out = Path(job.out)
-    folders = output_folders(out, configs)
-    prepare_output(out, folders, resume=job.resume, overwrite=job.overwrite)
-    out.mkdir(parents=True, exist_ok=True)
+    folders = start_output(job, configs)
     checkpointing = Checkpointing(checkpoint_dir(out), job.checkpoint_every, job.resume, source)
     device = resolve_device(job.device)
     results = train_dictionaries(
         configs, batches, checkpointing=checkpointing, on_step=on_step, device=device
     )
+    saved = save_trained(folders, results, provenance, heldout)
+    shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
+    return saved
+
+
+def start_output(job: TrainingJob, configs: Sequence[TrainConfig]) -> list[Path]:
+    """Check and create ``job.out``; the folder each config's dictionary will be saved in."""
+    out = Path(job.out)
+    folders = output_folders(out, configs)
+    prepare_output(out, folders, resume=job.resume, overwrite=job.overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    return folders
+
+
+def save_trained(
+    folders: Sequence[Path],
+    results: Sequence[TrainResult],
+    provenance: dict[str, Any],
+    heldout: Callable[[Dictionary], ReconstructionMetrics | None],
+) -> list[SavedDictionary]:
+    """Save each result in its folder with its held-out metrics; ``training.json`` last (it means done)."""
     saved = []
     for folder, result in zip(folders, results, strict=True):
         held = heldout(result.dictionary.eval())
         result.dictionary.save(folder)
         write_json_atomic(folder / TRAINING, _provenance(result, held, provenance))
         saved.append(SavedDictionary(folder, result, held))
-    shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
     return saved
 
 

@@ -28,6 +28,7 @@ from featurelens.dictionaries.topk import check_k
 from featurelens.models import load_model
 from featurelens.training.config import K_ARCHITECTURES, TrainConfig
 from featurelens.training.from_store import SavedDictionary, TrainingJob, fit_and_save
+from featurelens.training.semi_nmf import SEMI_NMF
 from featurelens.training.trainer import Batch, StepCallback
 
 
@@ -89,13 +90,18 @@ def train_live(
     job: LiveTraining, configs: Sequence[TrainConfig], on_step: StepCallback | None = None
 ) -> list[SavedDictionary]:
     """Train ``configs`` (sharing batch size and hooks) on activations computed as they are needed."""
-    lm = load_model(job.model, device=job.device)
     first = configs[0]
+    if first.arch == SEMI_NMF:
+        raise DictionaryError(
+            "arch seminmf fits by whole passes over stored activations, not live: "
+            "capture them with featurelens capture and train with --acts"
+        )
+    lm = load_model(job.model, device=job.device)
     hooks = list(dict.fromkeys([first.hook_in, first.hook_out or first.hook_in]))
     width = lm.capture(torch.ones(1, 2, dtype=torch.long), hooks)[first.hook_in].shape[-1]
     for config in configs:
         if config.arch in K_ARCHITECTURES:
-            check_k(config.k, config.expansion * width)
+            check_k(config.k, config.d_latent(width))
     rows = job.tokens * (job.seq_len - 1) // job.seq_len  # position 0 of every sequence is left out
     steps = math.ceil(rows / first.batch_size)  # special tokens and outliers may end the stream a bit sooner
     configs = [dataclasses.replace(config, steps=steps) for config in configs]

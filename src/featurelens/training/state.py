@@ -43,7 +43,7 @@ def initial_dictionary(config: TrainConfig, x: torch.Tensor, y: torch.Tensor) ->
     kwargs = config.dictionary_kwargs()
     if d_out != d_in:
         kwargs["d_out"] = d_out
-    dictionary = dictionary_class(config.arch)(d_in, config.expansion * d_in, **kwargs)
+    dictionary = dictionary_class(config.arch)(d_in, config.d_latent(d_in), **kwargs)
     dictionary.reset_parameters(torch.Generator().manual_seed(config.seed))
     s_in = normalising_scale(x)
     s_out = s_in if not dictionary.is_transcoder else normalising_scale(y)
