@@ -51,7 +51,7 @@ from featurelens import ActivationStore
 from featurelens.dictionaries import ARCHITECTURES, MatchingPursuitDictionary
 from featurelens.evaluate.league import LeagueJob, league_table, save_league
 from featurelens.training import TrainConfig, train_dictionary
-from featurelens.training.from_store import StoreTraining, train_on_store
+from featurelens.training.from_store import StoreTraining, is_finished, train_on_store
 
 RESULTS = Path(__file__).resolve().parent / "results" / "decompositions.txt"
 LAYER = 15
@@ -86,13 +86,18 @@ def families(k: int, expansion: int) -> list[Family]:
             hook_in=f"layers.{LAYER}.mlp_in",
             hook_out=f"layers.{LAYER}.mlp_out",
         ),
-        Family("seminmf", "seminmf", {"k": k, "expansion": 1}, hook_in=f"layers.{LAYER}.mlp_neurons"),
+        Family("seminmf", "seminmf", {"k": k, "latents": 512}, hook_in=f"layers.{LAYER}.mlp_neurons"),
     ]
     return [family for family in rows if family.arch in ARCHITECTURES]
 
 
-def train_family(family: Family, store: Path, out: Path, epochs: int, batch_size: int) -> Path:
-    """Train one family exactly as ``featurelens train --acts`` would; returns its folder."""
+def train_family(family: Family, store: Path, out: Path, epochs: int, batch_size: int, reuse: bool) -> Path:
+    """Train one family exactly as ``featurelens train --acts`` would; returns its folder.
+
+    With ``reuse`` a folder whose training finished is kept as it is (its training.json has its speed).
+    """
+    if reuse and is_finished(out / family.name):
+        return out / family.name
     config = TrainConfig(
         arch=family.arch,
         batch_size=batch_size,
@@ -122,8 +127,10 @@ def families_section(args: argparse.Namespace) -> str:
     folders = []
     for family in families(args.k, args.expansion):
         print(f"training {family.name} ...", flush=True)
-        folders.append(train_family(family, Path(args.store), out, args.epochs, args.batch_size))
-    if args.gradient_tokens:
+        folders.append(train_family(family, Path(args.store), out, args.epochs, args.batch_size, args.reuse))
+    if args.gradient_tokens and args.reuse and is_finished(out / "gtopk"):
+        folders.append(out / "gtopk")
+    elif args.gradient_tokens:
         print("training gtopk live ...", flush=True)
         gradient = train_gradient_family(out, args.k, args.expansion, args.gradient_tokens, args.batch_size)
         folders += [gradient] if gradient else []
@@ -340,6 +347,7 @@ def main() -> None:
     parser.add_argument("--mp-rows", type=int, default=8192, help="held-out rows the encoders compare on")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--figure", help="copy the league's pareto.png here")
+    parser.add_argument("--reuse", action="store_true", help="keep families whose training already finished")
     args = parser.parse_args()
     peak = matmul_peak_gflops()
     parts = [describe(peak), vector_flags(), versions(("featurelens", "torch", "sae-lens"))]
