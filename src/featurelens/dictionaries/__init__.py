@@ -2,6 +2,7 @@
 
 from featurelens.dictionaries.base import Dictionary, DictionaryError, TrainingOutput
 from featurelens.dictionaries.batchtopk import BatchTopKDictionary
+from featurelens.dictionaries.codebook import CodebookDictionary
 from featurelens.dictionaries.jumprelu import JumpReLUDictionary
 from featurelens.dictionaries.matching_pursuit import MatchingPursuitDictionary
 from featurelens.dictionaries.matryoshka import MatryoshkaDictionary
@@ -12,6 +13,7 @@ from featurelens.dictionaries.topk import TopKDictionary
 __all__ = [
     "ARCHITECTURES",
     "BatchTopKDictionary",
+    "CodebookDictionary",
     "Dictionary",
     "DictionaryError",
     "JumpReLUDictionary",

@@ -6,6 +6,7 @@ from typing import Any
 
 from featurelens.dictionaries.base import Dictionary, DictionaryError
 from featurelens.dictionaries.batchtopk import BatchTopKDictionary
+from featurelens.dictionaries.codebook import CodebookDictionary
 from featurelens.dictionaries.jumprelu import JumpReLUDictionary
 from featurelens.dictionaries.matching_pursuit import MatchingPursuitDictionary
 from featurelens.dictionaries.matryoshka import MatryoshkaDictionary
@@ -21,6 +22,7 @@ ARCHITECTURES: dict[str, type[Dictionary]] = {
         ReLUDictionary,
         JumpReLUDictionary,
         MatchingPursuitDictionary,
+        CodebookDictionary,
     )
 }
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from featurelens.dictionaries.base import DictionaryError
 
-K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka", "mp")  # sparsity set by k
+K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka", "mp", "codebook")  # sparsity set by k
 PENALTY_ARCHITECTURES = ("relu", "jumprelu")  # sparsity set by a penalty (or a target L0)
 ENCODER_DTYPES = ("auto", "float32", "bfloat16")
 
