@@ -14,8 +14,9 @@ is its norm, so ``decode(encode(x))`` is exactly the sum of the selected c_j; ``
 Training (the existing trainer, reconstruction loss): the selection is not differentiable; the gradient
 reaches the selected codes' directions and norms through the sum. Codes that stop being selected get the
 trainer's AuxK loss, which pulls their directions towards what the live codes leave unexplained (the paper
-re-initialises such codes to random inputs instead). The paper's fine-tuning of the model around the
-codebook, with the language-model loss, is not done here: the model stays frozen.
+re-initialises such codes to random inputs instead). The paper also fine-tunes the model around its
+codebook with the language-model loss; that optional stage is
+`featurelens.training.codebook_finetune.finetune_with_codebook`.
 """
 
 from __future__ import annotations
