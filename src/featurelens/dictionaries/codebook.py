@@ -57,11 +57,10 @@ def available_memory(device: torch.device) -> int:
 
 
 def _size(n_bytes: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n_bytes < 1024 or unit == "TB":
-            return f"{n_bytes:,.1f} {unit}"
-        n_bytes /= 1024
-    raise AssertionError  # unreachable: the loop returns at TB
+    units = ["B", "KB", "MB", "GB", "TB"]
+    while n_bytes >= 1024 and len(units) > 1:
+        n_bytes, units = n_bytes / 1024, units[1:]
+    return f"{n_bytes:,.1f} {units[0]}"
 
 
 def check_memory(parts: dict[str, int], device: torch.device, what: str, lower: str) -> None:
