@@ -13,9 +13,10 @@ is its norm, so ``decode(encode(x))`` is exactly the sum of the selected c_j; ``
 
 Training (the existing trainer, reconstruction loss): the selection is not differentiable; the gradient
 reaches the selected codes' directions and norms through the sum. Codes that stop being selected get the
-trainer's AuxK loss, which pulls their directions towards what the live codes leave unexplained (the paper
-re-initialises such codes to random inputs instead). The paper also fine-tunes the model around its
-codebook with the language-model loss; that optional stage is
+trainer's AuxK loss, which pulls their directions towards what the live codes leave unexplained. On
+SmolLM2 activations that did not revive them (84% of codes unused with and without AuxK); the paper
+re-initialises unused codes to random inputs, which is not done here. The paper also fine-tunes the
+model around its codebook with the language-model loss; that optional stage is
 `featurelens.training.codebook_finetune.finetune_with_codebook`.
 """
 
