@@ -2,6 +2,7 @@
 
 from featurelens.dictionaries.base import Dictionary, DictionaryError, TrainingOutput
 from featurelens.dictionaries.batchtopk import BatchTopKDictionary
+from featurelens.dictionaries.codebook import CodebookDictionary
 from featurelens.dictionaries.gradient_topk import GradientTopKDictionary
 from featurelens.dictionaries.jumprelu import JumpReLUDictionary
 from featurelens.dictionaries.matching_pursuit import MatchingPursuitDictionary
@@ -14,6 +15,7 @@ from featurelens.dictionaries.topk import TopKDictionary
 __all__ = [
     "ARCHITECTURES",
     "BatchTopKDictionary",
+    "CodebookDictionary",
     "Dictionary",
     "DictionaryError",
     "GradientTopKDictionary",

@@ -97,6 +97,13 @@ class Dictionary(nn.Module):
         self.b_enc.zero_()
         self.b_dec.zero_()
 
+    @classmethod
+    def check_training_fits(
+        cls, d_in: int, d_latent: int, d_out: int, batch_size: int, device: torch.device
+    ) -> None:
+        """Raise `DictionaryError` before anything is allocated if training this size cannot fit on
+        ``device`` (architectures whose size a user can easily overshoot override; default: no check)."""
+
     def config(self) -> dict[str, Any]:
         """JSON-ready constructor arguments; subclasses add their hyper-parameters."""
         return {

@@ -6,6 +6,7 @@ from typing import Any
 
 from featurelens.dictionaries.base import Dictionary, DictionaryError
 from featurelens.dictionaries.batchtopk import BatchTopKDictionary
+from featurelens.dictionaries.codebook import CodebookDictionary
 from featurelens.dictionaries.gradient_topk import GradientTopKDictionary
 from featurelens.dictionaries.jumprelu import JumpReLUDictionary
 from featurelens.dictionaries.matching_pursuit import MatchingPursuitDictionary
@@ -25,6 +26,7 @@ ARCHITECTURES: dict[str, type[Dictionary]] = {
         MatchingPursuitDictionary,
         GradientTopKDictionary,
         SemiNMFDictionary,
+        CodebookDictionary,
     )
 }
 

@@ -7,7 +7,8 @@ from typing import Any
 
 from featurelens.dictionaries.base import DictionaryError
 
-K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka", "mp", "gtopk", "seminmf")  # sparsity set by k
+# sparsity set by k
+K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka", "mp", "gtopk", "seminmf", "codebook")
 PENALTY_ARCHITECTURES = ("relu", "jumprelu")  # sparsity set by a penalty (or a target L0)
 GRADIENT_ARCHITECTURES = ("gtopk",)  # latents picked with the model's loss gradient (live training only)
 ENCODER_DTYPES = ("auto", "float32", "bfloat16")

@@ -43,13 +43,17 @@ def initial_dictionary(config: TrainConfig, x: torch.Tensor, y: torch.Tensor) ->
     kwargs = config.dictionary_kwargs()
     if d_out != d_in:
         kwargs["d_out"] = d_out
-    dictionary = dictionary_class(config.arch)(d_in, config.d_latent(d_in), **kwargs)
+    cls = dictionary_class(config.arch)
+    d_latent = config.d_latent(d_in)
+    cls.check_training_fits(d_in, d_latent, d_out, config.batch_size, x.device)
+    dictionary = cls(d_in, d_latent, **kwargs)
     dictionary.reset_parameters(torch.Generator().manual_seed(config.seed))
     s_in = normalising_scale(x)
     s_out = s_in if not dictionary.is_transcoder else normalising_scale(y)
     dictionary.set_scales_(s_in, s_out)
-    with torch.no_grad():
-        dictionary.b_dec.copy_(geometric_median(y * s_out))
+    if dictionary.b_dec.requires_grad:  # a dictionary without a trained bias keeps it at zero
+        with torch.no_grad():
+            dictionary.b_dec.copy_(geometric_median(y * s_out))
     return dictionary
 
 
