@@ -79,7 +79,8 @@ def families(k: int, expansion: int) -> list[Family]:
         Family("relu", "relu", penalty),
         Family("jumprelu", "jumprelu", penalty),
         Family("mp", "mp", {"k": k, "expansion": expansion}),
-        Family("codebook", "codebook", {"k": k, "expansion": expansion}),
+        # unused codes are re-initialised once unused this long (the default 1M is beyond this run)
+        Family("codebook", "codebook", {"k": k, "expansion": expansion, "dead_after_tokens": 50_000}),
         Family(
             "transcoder",
             "topk",

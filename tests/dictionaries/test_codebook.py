@@ -12,6 +12,7 @@ import featurelens as fl
 from featurelens.dictionaries import CodebookDictionary, Dictionary, DictionaryError, build_dictionary
 from featurelens.dictionaries.codebook import check_memory
 from featurelens.training import TrainConfig, train_dictionary
+from featurelens.training.state import TrainingRun, initial_dictionary
 from tests.cli.test_cli import assert_one_line_error, featurelens
 from tests.dictionaries.downstream import assert_flows_downstream
 from tests.dictionaries.planted import mean_max_cosine, planted_directions, single_threaded
@@ -117,6 +118,59 @@ def test_training_recovers_a_planted_codebook() -> None:
     assert score >= 0.9, message
     assert within >= 0.9 and float(norm_error.median()) <= 0.05, message
     assert result.l0 == 4.0 and result.dead_fraction == 0.0
+
+
+def test_unused_codes_are_revived_as_the_worst_reconstructed_rows() -> None:
+    codebook = random_codebook(12, 40, k=4)
+    generator = torch.Generator().manual_seed(8)
+    x = torch.randn(30, 12, generator=generator)
+    residual = torch.randn(30, 12, generator=generator)
+    dead = torch.zeros(40, dtype=torch.bool)
+    dead[[3, 17]] = True
+    before = codebook.W_dec.detach().clone()
+    revived = codebook.revive_(dead, x, residual)
+    worst = residual.norm(dim=1).topk(2).indices
+    assert revived.tolist() == [3, 17]
+    expected = x[worst] / x[worst].norm(dim=1, keepdim=True)
+    assert torch.allclose(codebook.W_dec.detach()[[3, 17]], expected)
+    # each revived code is now its row's nearest by cosine, so it is chosen for that row
+    for code, row in zip(revived.tolist(), worst.tolist(), strict=True):
+        assert codebook.encode(x[row : row + 1])[0, code] > 0
+    untouched = torch.ones(40, dtype=torch.bool)
+    untouched[[3, 17]] = False
+    assert torch.equal(codebook.W_dec.detach()[untouched], before[untouched])
+
+
+def test_training_revives_dead_codes_and_restarts_their_adam_moments() -> None:
+    d, n_codes, k, batch = 16, 64, 2, 256
+    generator = torch.Generator().manual_seed(9)
+    planted = planted_directions(8, d, seed=9) * 4.0  # 8 codes explain everything: 56 stay unused
+    batches = [planted[torch.randint(8, (batch, k), generator=generator)].sum(1) for _ in range(12)]
+    config = TrainConfig(
+        arch="codebook",
+        k=k,
+        expansion=n_codes // d,
+        batch_size=batch,
+        steps=12,
+        lr=1e-2,
+        warmup_steps=1,
+        dead_after_tokens=4 * batch,
+        auxk_coefficient=0.0,
+    )
+    x = batches[0]
+    run = TrainingRun(config, initial_dictionary(config, x, x))
+    for step in batches[:5]:  # 5 x 256 rows: codes unused since the start are now past the horizon
+        run.train_step(step, step)
+    dead = run.rows_since_fired > config.dead_after_tokens
+    before = run.dictionary.W_dec.detach().clone()
+    run.train_step(batches[5], batches[5])
+    moments = run.optimizer.state[run.dictionary.W_dec]
+    assert dead.any()
+    revived = dead & (run.rows_since_fired == 0)
+    assert revived.sum() == dead.sum()  # every dead code was revived on this step ...
+    assert not torch.allclose(run.dictionary.W_dec.detach()[revived], before[revived])
+    assert float(moments["exp_avg"][revived].abs().max()) == 0.0  # ... and starts with fresh moments
+    assert float(moments["exp_avg_sq"][revived].abs().max()) == 0.0
 
 
 # -- 3. files and the CLI ----------------------------------------------------------------------------

@@ -125,6 +125,12 @@ def add_dictionary_arguments(parser: argparse.ArgumentParser, defaults: TrainCon
         default=defaults.gradient_weight,
         help="gtopk (live only): weight beta of a latent's |activation x loss gradient| in picking the k",
     )
+    parser.add_argument(
+        "--dead-after-tokens",
+        type=int,
+        default=defaults.dead_after_tokens,
+        help="a latent unused this many tokens is dead: AuxK trains it (codebook: re-set to an input)",
+    )
     parser.add_argument("--skip", action="store_true", help="add a linear skip connection (transcoders)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="tokens per step")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="initialisation and shuffling seed")
@@ -157,6 +163,7 @@ def configs_from_args(args: argparse.Namespace, hook_in: str, hook_out: str | No
             skip=args.skip,
             encoder_dtype=args.encoder_dtype,
             gradient_weight=args.gradient_weight,
+            dead_after_tokens=args.dead_after_tokens,
         )
         for k, expansion, latents, lr, target_l0 in combos
     ]

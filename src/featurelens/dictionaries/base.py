@@ -182,6 +182,12 @@ class Dictionary(nn.Module):
         self.input_scale.fill_(input_scale)
         self.output_scale.fill_(output_scale)
 
+    def revive_(self, dead: torch.Tensor, x_scaled: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """Re-initialise latents flagged ``dead`` [d_latent] bool from a batch: scaled inputs [n, d_in] and
+        the reconstruction residual [n, d_out]; returns the indices revived (none: most families rely on
+        AuxK instead, which the trainer applies to dead latents)."""
+        return dead.new_zeros(0, dtype=torch.long)
+
     def scale_thresholds_(self, factor: float) -> None:
         """Multiply any pre-activation threshold by ``factor`` (architectures with thresholds override)."""
 

@@ -13,9 +13,9 @@ is its norm, so ``decode(encode(x))`` is exactly the sum of the selected c_j; ``
 
 Training (the existing trainer, reconstruction loss): the selection is not differentiable; the gradient
 reaches the selected codes' directions and norms through the sum. Codes that stop being selected get the
-trainer's AuxK loss, which pulls their directions towards what the live codes leave unexplained. On
-SmolLM2 activations that did not revive them (84% of codes unused with and without AuxK); the paper
-re-initialises unused codes to random inputs, which is not done here. The paper also fine-tunes the
+trainer's AuxK loss, and, as in the paper, are re-initialised to inputs (:meth:`revive_`): once a code
+has gone unused for the run's ``dead_after_tokens``, it becomes the direction of one of the batch's
+worst-reconstructed rows. The paper also fine-tunes the
 model around its codebook with the language-model loss; that optional stage is
 `featurelens.training.codebook_finetune.finetune_with_codebook`.
 """
@@ -161,6 +161,18 @@ class CodebookDictionary(Dictionary):
         fired = torch.zeros(self.d_latent, dtype=torch.bool, device=indices.device)
         fired[indices[active]] = True
         return TrainingOutput(y_hat, fired, active.sum(1).float().mean(), values.new_zeros(()))
+
+    @torch.no_grad()
+    def revive_(self, dead: torch.Tensor, x_scaled: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """The paper's re-initialisation of unused codes to inputs: dead code j becomes the direction of one
+        of the batch's worst-reconstructed rows (largest residual norm, a different row per code, so the code
+        is that row's nearest by cosine) with the initial norm; returns the revived codes' indices."""
+        codes = dead.nonzero().flatten()[: x_scaled.shape[0]].to(x_scaled.device)
+        if len(codes):
+            rows = residual.norm(dim=1).topk(len(codes)).indices
+            self.W_dec[codes] = x_scaled[rows] / x_scaled[rows].norm(dim=1, keepdim=True).clamp_min(1e-8)
+            self.code_norms[codes] = self._initial_norm()
+        return codes
 
     # -- invariants -------------------------------------------------------------------------------
 

@@ -57,7 +57,7 @@ class TrainConfig:
             raise DictionaryError(
                 f"encoder_dtype must be one of {', '.join(ENCODER_DTYPES)}, got {self.encoder_dtype!r}"
             )
-        for name in ("expansion", "batch_size", "steps"):
+        for name in ("expansion", "batch_size", "steps", "dead_after_tokens"):
             if getattr(self, name) < 1:
                 raise DictionaryError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.latents is not None and self.latents < 1:

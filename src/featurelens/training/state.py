@@ -116,6 +116,8 @@ class TrainingRun:
             dictionary.sparsity_coefficient = self.controller.update(l0)
         self.rows_since_fired += x.shape[0]
         self.rows_since_fired[out.fired.cpu()] = 0
+        if dead.any():
+            self._revive(dead, xs, residual.detach())
         with torch.no_grad():
             sse = float(residual.square().sum())
             total = float((ys - ys.mean(0)).square().sum())
@@ -123,6 +125,19 @@ class TrainingRun:
         self.step += 1
         self.tokens += x.shape[0]
         return StepMetrics(float(loss.detach()), sse / max(total, 1e-12), l0, float(dead.float().mean()))
+
+    def _revive(self, dead: torch.Tensor, xs: torch.Tensor, residual: torch.Tensor) -> None:
+        """Let the dictionary re-initialise dead latents; those it revives start afresh (counter, Adam)."""
+        revived = self.dictionary.revive_(dead.to(xs.device), xs, residual)
+        if not len(revived):
+            return
+        self.rows_since_fired[revived.cpu()] = 0
+        for parameter in self.dictionary.parameters():
+            state = self.optimizer.state.get(parameter, {})
+            if parameter.ndim and parameter.shape[0] == self.dictionary.d_latent:
+                for name in ("exp_avg", "exp_avg_sq"):
+                    if name in state:
+                        state[name][revived] = 0.0
 
     # -- reported metrics -------------------------------------------------------------------------
 
