@@ -33,6 +33,7 @@ from featurelens.dictionaries.sparse_decode import dense_codes, topk_decode
 from featurelens.dictionaries.topk import check_k
 
 FLOAT_BYTES = 4
+REVIVE_FRACTION = 0.01  # of the codes, at most, re-initialised per training step
 
 
 def top_codes(x: torch.Tensor, directions: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
@@ -106,8 +107,9 @@ class CodebookDictionary(Dictionary):
         self.code_norms = nn.Parameter(torch.full((d_latent,), self._initial_norm()))
 
     def _initial_norm(self) -> float:
-        # k roughly orthogonal codes of this norm add up to a row of the trainer's space (squared norm d).
-        return float((self.d_out / self.k) ** 0.5)
+        # k codes of this norm add up to at most a row of the trainer's space (norm sqrt(d)) even when they
+        # are near-parallel, as the k nearest codes to anisotropic activations (a shared mean direction) are.
+        return float(self.d_out**0.5 / self.k)
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator) -> None:
@@ -164,14 +166,21 @@ class CodebookDictionary(Dictionary):
 
     @torch.no_grad()
     def revive_(self, dead: torch.Tensor, x_scaled: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """The paper's re-initialisation of unused codes to inputs: dead code j becomes the direction of one
-        of the batch's worst-reconstructed rows (largest residual norm, a different row per code, so the code
-        is that row's nearest by cosine) with the initial norm; returns the revived codes' indices."""
-        codes = dead.nonzero().flatten()[: x_scaled.shape[0]].to(x_scaled.device)
+        """The paper's re-initialisation of unused codes to inputs, a few at a time: up to
+        :data:`REVIVE_FRACTION` of the codes per step become the directions of the batch's worst-reconstructed
+        rows (one row each), with the median norm of the codes in use; returns the revived codes' indices.
+
+        Reviving every dead code at once would aim many at similar rows, which then pick several near-parallel
+        copies and overshoot (k copies of one direction); a few per step lets the norms adapt in between.
+        """
+        limit = max(1, int(REVIVE_FRACTION * self.d_latent))
+        codes = dead.nonzero().flatten()[: min(limit, x_scaled.shape[0])].to(x_scaled.device)
         if len(codes):
             rows = residual.norm(dim=1).topk(len(codes)).indices
+            in_use = self.code_norms[~dead.to(self.code_norms.device)]
+            norm = in_use.median() if len(in_use) else self.code_norms.new_tensor(self._initial_norm())
             self.W_dec[codes] = x_scaled[rows] / x_scaled[rows].norm(dim=1, keepdim=True).clamp_min(1e-8)
-            self.code_norms[codes] = self._initial_norm()
+            self.code_norms[codes] = norm
         return codes
 
     # -- invariants -------------------------------------------------------------------------------
