@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -16,6 +17,7 @@ from safetensors.torch import load_file
 
 import featurelens as fl
 from featurelens.dictionaries import Dictionary
+from featurelens.training.from_store import short_run_warning
 from tests.cli.test_cli import CLI, assert_one_line_error, featurelens
 
 HOOK = "layers.1.resid_post"
@@ -218,3 +220,26 @@ def test_nan_activations_are_named_by_row(store: Path, tmp_path: Path) -> None:
     del rows
     result = train(poisoned, tmp_path / "sae", *SMALL, "--steps", "200")
     assert_one_line_error(result, "NaN/Inf in 1 rows")
+
+
+def test_a_run_too_short_to_converge_is_flagged_before_it_starts(store: Path, tmp_path: Path) -> None:
+    # one epoch of ~11,000 training rows at 256 per step is ~43 steps: below the 200 a dictionary needs
+    short = train(store, tmp_path / "short", *SMALL, "--epochs", "1", "--holdout", "1000")
+    assert short.returncode == 0, short.stderr
+    warning = [line for line in short.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "--epochs or --steps" in warning[0], short.stderr
+    steps = re.search(r"(\d+) steps x 256 tokens", warning[0])
+    assert steps is not None, warning[0]
+    assert (
+        int(steps.group(1)) == json.loads((tmp_path / "short" / "training.json").read_text())["steps"] < 200
+    )
+    enough = train(store, tmp_path / "enough", *SMALL, "--steps", "200", "--holdout", "1000")
+    assert enough.returncode == 0 and "warning" not in enough.stderr, enough.stderr
+
+
+@pytest.mark.parametrize(
+    ("steps", "batch_size", "latents", "warns"),
+    [(199, 4096, 1000, True), (200, 4096, 1000, False), (200, 2, 1000, True), (1000, 1, 1000, False)],
+)
+def test_the_short_run_rule(steps: int, batch_size: int, latents: int, warns: bool) -> None:
+    assert (short_run_warning(steps, batch_size, latents) is not None) == warns

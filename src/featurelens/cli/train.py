@@ -255,7 +255,7 @@ def main(args: argparse.Namespace) -> int:
             with stage_progress(console, "semi-NMF", "rows") as update:
                 saved = train_on_store(job, configs, on_pass=partial(print_pass, console), on_batch=update)
             return finish(saved, console)
-        train = partial(train_on_store, job, configs)
+        train = partial(train_on_store, job, configs, on_warning=partial(print, file=sys.stderr))
     return finish(train_with_progress(train, console), console)
 
 

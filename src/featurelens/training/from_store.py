@@ -13,6 +13,7 @@ import math
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ TRAINING = "training.json"
 FORMAT = "featurelens.training"
 HOLDOUT_FRACTION = 0.1
 HOLDOUT_MAX = 20_000
+MIN_STEPS = 200  # fewer optimiser steps than this do not converge (the short-run warning)
 SEMI_NMF_PASSES = 10
 SEMI_NMF_SAMPLE = 32_768  # random training rows whose k-means centroids seed the directions
 
@@ -186,16 +188,34 @@ def epoch_batches(
             yield as_batch(batch)
 
 
+def short_run_warning(steps: int, batch_size: int, d_latent: int) -> str | None:
+    """A one-line warning when a planned run cannot converge, else None.
+
+    The rule: fewer than :data:`MIN_STEPS` optimiser steps, or fewer training tokens than latents (some
+    latents could never be trained at all). Either way the held-out FVU of the result is poor.
+    """
+    tokens = steps * batch_size
+    if steps >= MIN_STEPS and tokens >= d_latent:
+        return None
+    return (
+        f"warning: {steps} steps x {batch_size} tokens ({tokens:,} tokens) for {d_latent:,} latents is too "
+        f"short to converge (a dictionary wants >= {MIN_STEPS} steps and more tokens than latents): raise "
+        "--epochs or --steps, lower --batch-size, or capture more tokens"
+    )
+
+
 def train_on_store(
     job: StoreTraining,
     configs: Sequence[TrainConfig],
     on_step: StepCallback | None = None,
     on_pass: PassCallback | None = None,
     on_batch: BatchCallback | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> list[SavedDictionary]:
     """Train ``configs`` (sharing batch size and hooks) on ``job.acts``; write each into its folder.
 
-    Semi-NMF configs are fitted by passes instead of steps and report to ``on_pass`` and ``on_batch``."""
+    Semi-NMF configs are fitted by passes instead of steps and report to ``on_pass`` and ``on_batch``.
+    ``on_warning`` hears :func:`short_run_warning` before training starts."""
     for config in configs:
         if dictionary_class(config.arch).needs_gradient:
             raise needs_model_error(config.arch)
@@ -238,10 +258,13 @@ def train_on_store(
     job_epochs = job.epochs or 1
     steps = job.steps or job_epochs * per_epoch
     configs = [dataclasses.replace(config, steps=steps) for config in configs]
+    largest = max(config.d_latent(width) for config in configs)
+    warning = short_run_warning(steps, first.batch_size, largest)
     source = {"acts": provenance["acts"], "rows": [0, stop], "hooks": hooks, "max_norm": limits}
     epochs = max(job_epochs, math.ceil(steps / per_epoch))
     batches = epoch_batches(store, hooks, first.batch_size, stop, epochs, first.seed, keep)
-    return fit_and_save(job, configs, batches, source, provenance, heldout, on_step)
+    warn = partial(on_warning, warning) if on_warning is not None and warning else None
+    return fit_and_save(job, configs, batches, source, provenance, heldout, on_step, on_start=warn)
 
 
 def fit_semi_nmf_on_store(
@@ -286,10 +309,15 @@ def fit_and_save(
     provenance: dict[str, Any],
     heldout: Callable[[Dictionary], ReconstructionMetrics | None],
     on_step: StepCallback | None,
+    on_start: Callable[[], None] | None = None,
 ) -> list[SavedDictionary]:
-    """Train ``configs`` on ``batches``, checkpointing in ``job.out``; save each with its provenance."""
+    """Train ``configs`` on ``batches``, checkpointing in ``job.out``; save each with its provenance.
+
+    ``on_start`` runs once the output folder is accepted, before the first step."""
     out = Path(job.out)
     folders = start_output(job, configs)
+    if on_start is not None:
+        on_start()
     checkpointing = Checkpointing(checkpoint_dir(out), job.checkpoint_every, job.resume, source)
     device = resolve_device(job.device)
     results = train_dictionaries(
