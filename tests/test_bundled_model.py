@@ -86,7 +86,7 @@ def run_featurelens(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_featurelens_run_captures_trains_evaluates_and_maps(tmp_path: Path) -> None:
     args = ["run", "--tokens", "4096", "--expansion", "4", "--batch-size", "512", "--eval-tokens", "512"]
-    result = run_featurelens(*args, "--out", str(tmp_path / "demo"))
+    result = run_featurelens(*args, "--explain-local", "2", "--out", str(tmp_path / "demo"))
     assert result.returncode == 0, result.stderr
     assert "captured 4,096 tokens" in result.stdout and "layers.15.resid_post" in result.stdout
     store = fl.ActivationStore.open(tmp_path / "demo" / "acts")
@@ -134,3 +134,7 @@ def test_featurelens_run_captures_trains_evaluates_and_maps(tmp_path: Path) -> N
     assert "reusing the finished capture" in rerun.stdout and "reusing the trained dictionary" in rerun.stdout
     assert "reusing the atlas" in rerun.stdout and "featurelens serve" in rerun.stdout
     assert "were already explained" in rerun.stdout
+    # the default leaves the bundled explainer out and names the command for a stronger one
+    assert "--explainer openai --base-url" in rerun.stdout and "--explainer openai" not in result.stdout
+    stages = [line.split()[1] for line in rerun.stdout.splitlines() if "│ reused" in line]
+    assert stages == ["capture", "train", "atlas"] and "featurelens run:" in rerun.stdout
