@@ -79,11 +79,22 @@ def planted_atlas(root: Path, tiny_model_dir: Path, settings: Any, tokens: np.nd
 # An atlas whose recommended order is known: token (= latent) counts among 80 x 63 = 5,040 rows. Of the 29
 # latents that fire, the three densest (0, 1, 2) are the densest tenth (ceil(2.9) = 3); 28 fires 4 times
 # (under 10); 29..31 never fire; 3..27 fire 20, 25, ..., 140 times (the middle band).
-DENSE, RARE, DEAD = (0, 1, 2), 28, (29, 30, 31)
-BAND = tuple(range(3, 28))
-COUNTS = {0: 1500, 1: 900, 2: 600, RARE: 4, **{j: 20 + 5 * (j - 3) for j in BAND}}
+DENSE_LATENTS, RARE_LATENT, DEAD_LATENTS = (0, 1, 2), 28, (29, 30, 31)
+BAND_LATENTS = tuple(range(3, 28))
+COUNTS = {0: 1500, 1: 900, 2: 600, RARE_LATENT: 4, **{j: 20 + 5 * (j - 3) for j in BAND_LATENTS}}
 # Detection AUROCs planted as explanations: 5 and 20 tie (20 fires more often, so it comes first).
-SCORES = {10: 0.95, 20: 0.90, 5: 0.90, 0: 0.99, RARE: 1.0}
+SCORES = {10: 0.95, 20: 0.90, 5: 0.90, 0: 0.99, RARE_LATENT: 1.0}
+
+# The recommended order of that atlas once SCORES are planted (BY_DENSITY: the band, densest first).
+BY_DENSITY = sorted(BAND_LATENTS, key=lambda j: -COUNTS[j])  # the band's counts are distinct
+EXPLAINED = [10, 20, 5]  # by planted AUROC: 0.95, then the 0.90 tie broken by density (20 fires more)
+RECOMMENDED = [
+    *EXPLAINED,
+    *[j for j in BY_DENSITY if j not in EXPLAINED],
+    RARE_LATENT,
+    *DENSE_LATENTS,  # 0 is explained (0.99), then 1 and 2 by density, which is their order anyway
+    *DEAD_LATENTS,
+]
 
 
 def varied_tokens() -> np.ndarray:

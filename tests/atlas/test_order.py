@@ -11,19 +11,20 @@ from pathlib import Path
 import pytest
 
 from featurelens.atlas import Atlas, AtlasSettings
-from tests.atlas.conftest import BAND, COUNTS, DEAD, DENSE, RARE, plant_scores, planted_atlas, varied_tokens
+from tests.atlas.conftest import (
+    BY_DENSITY,
+    COUNTS,
+    DEAD_LATENTS,
+    DENSE_LATENTS,
+    RARE_LATENT,
+    RECOMMENDED,
+    plant_scores,
+    planted_atlas,
+    varied_tokens,
+)
 from tests.cli.test_cli import featurelens
 
 SETTINGS = AtlasSettings(top_k=6, before=4, after=2, quantile_bins=4, per_bin=3, negatives=5)
-BY_DENSITY = sorted(BAND, key=lambda j: -COUNTS[j])  # the band's counts are distinct
-EXPLAINED = [10, 20, 5]  # by planted AUROC: 0.95, then the 0.90 tie broken by density (20 fires more)
-RECOMMENDED = [
-    *EXPLAINED,
-    *[j for j in BY_DENSITY if j not in EXPLAINED],
-    RARE,
-    *DENSE,  # 0 is explained (0.99), then 1 and 2 by density, which is their order anyway
-    *DEAD,
-]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_recommended_puts_the_best_explained_middle_band_first(atlases: dict[str
         assert order == RECOMMENDED
         assert [f.explanation_score for f in atlas.features(sort="recommended", limit=3)] == [0.95, 0.9, 0.9]
         reverse = [f.id for f in atlas.features(sort="recommended", descending=False, limit=len(atlas))]
-        assert reverse == [*DEAD, *RECOMMENDED[-4::-1]]  # ties (the dead) still by ascending id
+        assert reverse == [*DEAD_LATENTS, *RECOMMENDED[-4::-1]]  # ties (the dead) still by ascending id
         paged = [
             f.id
             for start in range(0, 32, 7)
@@ -62,7 +63,7 @@ def test_recommended_puts_the_best_explained_middle_band_first(atlases: dict[str
 def test_without_explanations_the_band_comes_first_by_density(atlases: dict[str, Path]) -> None:
     with Atlas.open(atlases["plain"]) as atlas:
         order = [f.id for f in atlas.features(sort="recommended", limit=len(atlas))]
-    assert order == [*BY_DENSITY, RARE, *DENSE, *DEAD]
+    assert order == [*BY_DENSITY, RARE_LATENT, *DENSE_LATENTS, *DEAD_LATENTS]
 
 
 def listed_ids(stdout: str) -> list[int]:
@@ -82,4 +83,4 @@ def test_show_lists_recommended_features_first_and_the_densest_on_request(atlase
     assert listed_ids(densest.stdout) == [0, 1, 2, 27, 26]
 
     last = featurelens("show", str(atlases["explained"]), "--order", "asc", "--limit", "3")
-    assert "least recommended features" in last.stdout and listed_ids(last.stdout) == list(DEAD)
+    assert "least recommended features" in last.stdout and listed_ids(last.stdout) == list(DEAD_LATENTS)

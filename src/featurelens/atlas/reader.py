@@ -285,9 +285,9 @@ class Atlas:
         if math.isinf(cut):
             return "no feature ever fired: by id"
         return (
-            f"best-explained first among the features that fired at least {RECOMMENDED_MIN_COUNT} times on "
-            f"under {cut:.3%} of tokens; then rarer ones, the densest {RECOMMENDED_DENSE_SHARE:.0%}, "
-            "and dead ones"
+            f"best-explained first among the features that fired at least {RECOMMENDED_MIN_COUNT} times and "
+            f"on under {100 * cut:.3g}% of tokens; then those that fired fewer times, the densest "
+            f"{RECOMMENDED_DENSE_SHARE:.0%} (from {100 * cut:.3g}%), and the dead"
         )
 
     def features(
