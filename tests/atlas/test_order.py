@@ -8,6 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from featurelens.atlas import Atlas, AtlasSettings
@@ -42,6 +43,10 @@ def test_the_planted_densities_are_what_the_order_is_tested_on(atlases: dict[str
         counts = {f.id: f.count for f in atlas.features(sort="id", descending=False, limit=len(atlas))}
         assert counts == {j: COUNTS.get(j, 0) for j in range(len(atlas))}
         assert atlas.dense_cut() == COUNTS[2] / atlas.meta["tokens"]
+        edges, histogram, dead = atlas.density_histogram(per_decade=5)
+        logs = np.log10([n / atlas.meta["tokens"] for n in COUNTS.values()])
+        assert edges[0] == np.floor(logs.min()) and edges[-1] == np.ceil(logs.max())
+        assert histogram == np.histogram(logs, bins=edges)[0].tolist() and dead == len(DEAD_LATENTS)
 
 
 def test_recommended_puts_the_best_explained_middle_band_first(atlases: dict[str, Path]) -> None:
