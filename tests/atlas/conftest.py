@@ -20,17 +20,20 @@ def magnitude(token: int) -> float:
     return 1.0 + token / 4  # exact in binary
 
 
-def plant(root: Path, tiny_model_dir: Path) -> dict[str, Any]:
+def plant(root: Path, tiny_model_dir: Path, tokens: np.ndarray | None = None) -> dict[str, Any]:
     """A store where the activation of token t < 32 is magnitude(t) * e_t (others: -0.5 everywhere), and
-    a TopK k=1 dictionary with identity encoder and decoder: latent j fires exactly on token j."""
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, 48, size=(N_SEQ, SEQ - 1)).astype(np.int32)
+    a TopK k=1 dictionary with identity encoder and decoder: latent j fires exactly on token j.
+
+    ``tokens`` [n_seq, SEQ - 1] (ids < 48) sets the text; by default N_SEQ sequences of uniform tokens."""
+    if tokens is None:
+        tokens = np.random.default_rng(0).integers(0, 48, size=(N_SEQ, SEQ - 1)).astype(np.int32)
+    n_seq = len(tokens)
     flat = tokens.reshape(-1)
     acts = np.full((len(flat), WIDTH), -0.5, dtype=np.float32)
     planted_rows = np.flatnonzero(flat < WIDTH)
     acts[planted_rows] = 0.0
     acts[planted_rows, flat[planted_rows]] = [magnitude(t) for t in flat[planted_rows]]
-    positions = np.tile(np.arange(1, SEQ, dtype=np.int32), N_SEQ)
+    positions = np.tile(np.arange(1, SEQ, dtype=np.int32), n_seq)
     manifest = {
         "format": FORMAT,
         "model": {"spec": str(tiny_model_dir)},
@@ -59,11 +62,11 @@ def planted(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> d
     return plant(tmp_path_factory.mktemp("planted"), tiny_model_dir)
 
 
-def planted_atlas(root: Path, tiny_model_dir: Path, settings: Any) -> Path:
-    """The planted store and dictionary under ``root``, mapped into ``root/atlas.sqlite``."""
+def planted_atlas(root: Path, tiny_model_dir: Path, settings: Any, tokens: np.ndarray | None = None) -> Path:
+    """The planted store and dictionary under ``root`` (text: ``tokens``), mapped into root/atlas.sqlite."""
     from featurelens.atlas import AtlasJob, build_atlas
 
-    planted = plant(root, tiny_model_dir)
+    planted = plant(root, tiny_model_dir, tokens)
     out = root / "atlas.sqlite"
     build_atlas(
         AtlasJob(
@@ -71,3 +74,58 @@ def planted_atlas(root: Path, tiny_model_dir: Path, settings: Any) -> Path:
         )
     )
     return out
+
+
+# An atlas whose recommended order is known: token (= latent) counts among 80 x 63 = 5,040 rows. Of the 29
+# latents that fire, the three densest (0, 1, 2) are the densest tenth (ceil(2.9) = 3); 28 fires 4 times
+# (under 10); 29..31 never fire; 3..27 fire 20, 25, ..., 140 times (the middle band).
+DENSE_LATENTS, RARE_LATENT, DEAD_LATENTS = (0, 1, 2), 28, (29, 30, 31)
+BAND_LATENTS = tuple(range(3, 28))
+COUNTS = {0: 1500, 1: 900, 2: 600, RARE_LATENT: 4, **{j: 20 + 5 * (j - 3) for j in BAND_LATENTS}}
+# Detection AUROCs planted as explanations: 5 and 20 tie (20 fires more often, so it comes first).
+SCORES = {10: 0.95, 20: 0.90, 5: 0.90, 0: 0.99, RARE_LATENT: 1.0}
+
+# The recommended order of that atlas once SCORES are planted (BY_DENSITY: the band, densest first).
+BY_DENSITY = sorted(BAND_LATENTS, key=lambda j: -COUNTS[j])  # the band's counts are distinct
+EXPLAINED = [10, 20, 5]  # by planted AUROC: 0.95, then the 0.90 tie broken by density (20 fires more)
+RECOMMENDED = [
+    *EXPLAINED,
+    *[j for j in BY_DENSITY if j not in EXPLAINED],
+    RARE_LATENT,
+    *DENSE_LATENTS,  # 0 is explained (0.99), then 1 and 2 by density, which is their order anyway
+    *DEAD_LATENTS,
+]
+
+
+def varied_tokens() -> np.ndarray:
+    """[80, 63] token ids with each latent's count as in COUNTS; the 36 other rows are tokens 32..47."""
+    filler = 80 * (SEQ - 1) - sum(COUNTS.values())
+    flat = np.concatenate(
+        [np.repeat(np.array(list(COUNTS)), list(COUNTS.values())), 32 + np.arange(filler) % 16]
+    )
+    return np.random.default_rng(1).permutation(flat).astype(np.int32).reshape(80, SEQ - 1)
+
+
+def plant_scores(atlas: Path) -> None:
+    """Store one explanation per feature of SCORES, with that detection AUROC."""
+    from featurelens.atlas.explanations import Explanation, ExplanationWriter
+
+    writer = ExplanationWriter(atlas)
+    for feature, auroc in SCORES.items():
+        scores = (0.9, auroc, auroc - 0.05, min(auroc + 0.05, 1.0), 20, 10)
+        explanation = Explanation(
+            feature,
+            "planted",
+            "none",
+            f"planted {feature}",
+            "keyword",
+            *scores,
+            *(None,) * 4,
+            0,
+            0,
+            "",
+            0,
+            "",
+        )
+        writer.save(feature, [explanation], {})
+    writer.close()

@@ -49,7 +49,8 @@ def test_show_prints_a_feature_card_and_writes_its_histogram(atlas_file: Path, t
     assert (
         overview.returncode == 0
         and "32 features" in overview.stdout
-        and "densest features" in overview.stdout
+        and "density (log10" in overview.stdout
+        and "recommended features" in overview.stdout
     )
 
 

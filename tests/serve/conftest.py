@@ -27,7 +27,7 @@ from featurelens.explain import ExplainJob, explain_atlas
 from featurelens.neurons import NeuronSettings, report_from_rows, save_report
 from featurelens.probes import Labels, ProbeSettings, cross_validate
 from featurelens.probes.run import save_probe
-from tests.atlas.conftest import planted_atlas
+from tests.atlas.conftest import plant_scores, planted_atlas, varied_tokens
 from tests.neurons.test_report import TOKEN as TOKEN_CHANNEL
 from tests.neurons.test_report import planted_rows, write_store
 
@@ -171,6 +171,17 @@ def atlas_path(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -
     out = planted_atlas(root, tiny_model_dir, SETTINGS)
     explain_atlas(ExplainJob(str(out), features="all"))  # baseline explanations for the pages to show
     return out
+
+
+@pytest.fixture(scope="session")
+def ordered_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[str]:
+    """An atlas whose recommended order is planted (tests.atlas.conftest: COUNTS, SCORES), served."""
+    out = planted_atlas(tmp_path_factory.mktemp("ordered"), tiny_model_dir, SETTINGS, varied_tokens())
+    plant_scores(out)
+    process, url = start_server(out)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from tests.atlas.conftest import WIDTH, magnitude
+from tests.atlas.conftest import DENSE_LATENTS, RECOMMENDED, WIDTH, magnitude
 from tests.serve.conftest import (
     DEAD,
     MASSIVE,
@@ -45,6 +45,14 @@ def test_overview_endpoints_describe_the_atlas(server: str) -> None:
     assert [item["id"] for item in second["items"]] == [5, 6, 7]
     densities = httpx.get(f"{server}/api/densities").json()
     assert sum(densities["counts"]) + densities["dead"] == WIDTH
+
+
+def test_features_come_in_the_recommended_order_unless_asked_otherwise(ordered_server: str) -> None:
+    page = httpx.get(f"{ordered_server}/api/features", params={"limit": 32}).json()
+    assert page["sort"] == "recommended" and [item["id"] for item in page["items"]] == RECOMMENDED
+    assert "at least 10 times" in page["rule"]
+    densest = httpx.get(f"{ordered_server}/api/features", params={"sort": "density", "limit": 3}).json()
+    assert [item["id"] for item in densest["items"]] == list(DENSE_LATENTS) and densest["rule"] == ""
 
 
 def test_feature_and_search_return_what_the_atlas_holds(server: str) -> None:

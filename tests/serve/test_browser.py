@@ -12,6 +12,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Route, sync_playwright
 
+from tests.atlas.conftest import DEAD_LATENTS, DENSE_LATENTS, RECOMMENDED
 from tests.serve.conftest import (
     ARTIFACTS,
     DEAD,
@@ -108,6 +109,28 @@ def test_overview_search_and_feature_page(page: Page, server: str) -> None:
     if word.isalnum():
         assert page.locator("#search-results a", has_text="#9").count() == 1
     shot(page, "search")
+
+
+def test_the_first_screen_opens_on_the_recommended_features(browser: Browser, ordered_server: str) -> None:
+    with local_tab(browser, ordered_server) as tab:
+        tab.goto(ordered_server)
+        tab.wait_for_selector("#features tbody tr")
+        first_ids = tab.locator("#features tbody tr td:first-child").all_inner_texts()
+        assert first_ids[:4] == [f"#{j}" for j in RECOMMENDED[:4]]  # the best-explained of the middle band
+        assert tab.locator("#sort").input_value() == "recommended"
+        assert "at least 10 times" in tab.inner_text("#sort-rule")
+        shot(tab, "overview-recommended")
+
+        tab.select_option("#sort", "density")
+        tab.wait_for_selector("th[data-sort=density]:has-text('↓')")
+        first_ids = tab.locator("#features tbody tr td:first-child").all_inner_texts()
+        assert first_ids[:3] == [f"#{j}" for j in DENSE_LATENTS]
+        assert tab.locator("#sort-rule").count() == 0
+
+        tab.click("th[data-sort=density]")  # the column header reverses it: the dead ones, rarest first
+        tab.wait_for_selector("th[data-sort=density]:has-text('↑')")
+        assert tab.locator("#features tbody tr td:first-child").first.inner_text() == f"#{DEAD_LATENTS[0]}"
+        assert tab.locator("#sort").input_value() == "density"
 
 
 def test_try_your_own_text_and_steering(page: Page, server: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import sqlite3
 from dataclasses import dataclass
@@ -17,7 +18,17 @@ from featurelens.atlas.schema import BLOB_DTYPE, FORMAT, VERSION
 from featurelens.errors import AtlasError
 
 TABLES = ("features", "examples", "tokens", "vocab", "token_effects", "neighbours")
-SORTABLE = ("id", "density", "count", "mean_activation", "max_activation", "explanation_score")
+SORTABLE = (
+    "recommended",
+    "id",
+    "density",
+    "count",
+    "mean_activation",
+    "max_activation",
+    "explanation_score",
+)
+RECOMMENDED_MIN_COUNT = 10  # fewer firings leave too few examples to judge (or score) a feature by
+RECOMMENDED_DENSE_SHARE = 0.1  # the densest tenth of the features that fired: mostly punctuation, spaces
 
 
 @dataclass(frozen=True)
@@ -104,6 +115,7 @@ class Atlas:
         self._edges: list[float] = meta["histogram_edges"]
         self._stream: np.ndarray | None = None
         self._vocab: dict[int, str] | None = None
+        self._densities: np.ndarray | None = None
 
     @classmethod
     def open(cls, path: str | Path) -> Atlas:
@@ -236,27 +248,88 @@ class Atlas:
             found[kind].append(Neighbour(other, value, count))
         return found
 
+    def densities(self) -> np.ndarray:
+        """[n_features] float64: every feature's density, by id (read once: the atlas never changes)."""
+        if self._densities is None:
+            rows = self._db.execute("SELECT density FROM features ORDER BY id")
+            self._densities = np.fromiter((d for (d,) in rows), dtype=np.float64)
+        return self._densities
+
+    def density_histogram(self, per_decade: int) -> tuple[list[float], list[int], int]:
+        """Edges (log10 density: whole decades around the features that fired, ``per_decade`` bins each),
+        counts of features per bin, and how many features never fired; no edges if none fired."""
+        densities = self.densities()
+        logs = np.log10(densities[densities > 0])
+        if not len(logs):
+            return [], [], len(densities)
+        low = math.floor(logs.min())
+        high = max(math.ceil(logs.max()), low + 1)
+        n_bins = (high - low) * per_decade
+        bins = np.minimum(n_bins - 1, ((logs - low) / (high - low) * n_bins).astype(np.int64))
+        edges = [low + i * (high - low) / n_bins for i in range(n_bins + 1)]
+        return edges, np.bincount(bins, minlength=n_bins).tolist(), len(densities) - len(logs)
+
+    def dense_cut(self) -> float:
+        """The density from which a feature counts as dense for ``sort="recommended"``: that of the
+        ceil(:data:`RECOMMENDED_DENSE_SHARE` x n) th densest of the n features that fired (inf if none did).
+        """
+        fired = self.densities()[self.densities() > 0]
+        if not len(fired):
+            return math.inf
+        rank = len(fired) - math.ceil(len(fired) * RECOMMENDED_DENSE_SHARE)
+        return float(np.partition(fired, rank)[rank])
+
+    def recommended_rule(self) -> str:
+        """One line saying what ``sort="recommended"`` puts first on this atlas, with its numbers."""
+        cut = self.dense_cut()
+        if math.isinf(cut):
+            return "no feature ever fired: by id"
+        return (
+            f"best-explained first among the features that fired at least {RECOMMENDED_MIN_COUNT} times and "
+            f"on under {100 * cut:.3g}% of tokens; then those that fired fewer times, the densest "
+            f"{RECOMMENDED_DENSE_SHARE:.0%} (from {100 * cut:.3g}%), and the dead"
+        )
+
     def features(
         self, *, sort: str = "density", descending: bool = True, limit: int = 50, offset: int = 0
     ) -> list[FeatureSummary]:
-        """One page of feature summaries sorted by ``sort`` (one of :data:`SORTABLE`)."""
+        """One page of feature summaries sorted by ``sort`` (one of :data:`SORTABLE`), ties by id.
+
+        ``recommended`` puts first what a researcher would look at first. Features fall in four groups,
+        in this order: (0) the middle band, features that fired at least :data:`RECOMMENDED_MIN_COUNT`
+        times and are less dense than :meth:`dense_cut` (so the densest tenth of the atlas, mostly
+        punctuation and whitespace features, is never on the first screen); (1) features that fired, but
+        fewer times than that; (2) the dense ones; (3) dead features (never fired). Within a group,
+        features with a scored explanation come first, by their best explanation's detection AUROC, then
+        the rest; then by density (more evidence first). ``descending=False`` reverses all that. Every order
+        breaks its ties by ascending id.
+        """
         if sort not in SORTABLE:
             raise AtlasError(f"cannot sort by {sort!r}; choose one of {', '.join(SORTABLE)}")
         if limit < 0 or offset < 0:
             raise AtlasError(f"limit and offset must be >= 0, got {limit} and {offset}")
-        direction = "DESC" if descending else "ASC"
         explained = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'explanations'").fetchone()
         best = (
             "(SELECT feature, text, MAX(detection_auroc) AS score FROM explanations GROUP BY feature)"
             if explained
             else "(SELECT NULL AS feature, NULL AS text, NULL AS score)"
         )
-        column = "e.score" if sort == "explanation_score" else f"f.{sort}"
+        parameters: tuple[float | int, ...] = ()
+        if sort == "recommended":
+            group = (
+                "CASE WHEN f.count = 0 THEN 3 WHEN f.density >= ? THEN 2 WHEN f.count < ? THEN 1 ELSE 0 END"
+            )
+            parameters = (self.dense_cut(), RECOMMENDED_MIN_COUNT)
+            keys = [(group, False), ("e.score IS NULL", False), ("e.score", True), ("f.density", True)]
+            order = ", ".join(f"{key} {'DESC' if down == descending else 'ASC'}" for key, down in keys)
+        else:
+            column = "e.score" if sort == "explanation_score" else f"f.{sort}"
+            order = f"{column} IS NULL, {column} {'DESC' if descending else 'ASC'}"
         rows = self._db.execute(
             "SELECT f.id, f.count, f.density, f.mean_activation, f.max_activation, e.text, e.score "
             f"FROM features f LEFT JOIN {best} e ON e.feature = f.id "
-            f"ORDER BY {column} IS NULL, {column} {direction}, f.id LIMIT ? OFFSET ?",
-            (limit, offset),
+            f"ORDER BY {order}, f.id LIMIT ? OFFSET ?",
+            (*parameters, limit, offset),
         )
         return [FeatureSummary(*row) for row in rows]
 

@@ -7,6 +7,7 @@ co-occurring and nearest features. --png writes the histogram as an image.
 
 examples:
   featurelens show runs/demo/atlas.sqlite            # overview: the dictionary, its evaluation, densities
+  featurelens show runs/demo/atlas.sqlite --sort density     # ... listing the densest features instead
   featurelens show runs/demo/atlas.sqlite 123        # one feature
   featurelens show runs/demo/atlas.sqlite 123 --png f123.png
   featurelens show runs/demo/atlas.sqlite --search "class method"
@@ -27,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from featurelens.atlas import Atlas, Context, Feature, Neighbour, TokenScore
+from featurelens.atlas.reader import SORTABLE
 from featurelens.errors import AtlasError
 
 HELP = "show a feature card (or an atlas overview) in the terminal"
@@ -38,6 +40,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("feature", nargs="?", help="feature id (leave out for an overview)")
     parser.add_argument("--search", help="list the features whose top or output tokens match these words")
     parser.add_argument("--contexts", type=int, default=8, help="top contexts to print")
+    parser.add_argument(
+        "--sort",
+        choices=SORTABLE,
+        default="recommended",
+        help="order of the overview's feature list (default recommended: the best-explained features of "
+        "the middle density band first, the densest tenth and dead features last)",
+    )
+    parser.add_argument("--order", choices=("desc", "asc"), default="desc", help="direction of --sort")
+    parser.add_argument("--limit", type=int, default=10, help="features the overview lists")
     parser.add_argument("--png", help="write the activation histogram (or the density histogram) as a PNG")
 
 
@@ -117,7 +128,18 @@ def print_feature(atlas: Atlas, feature: Feature, console: Console, contexts: in
     console.print(f"nearest:      {_neighbours(feature.nearest, 'cos')}")
 
 
-def print_overview(atlas: Atlas, console: Console) -> None:
+def list_title(sort: str, descending: bool) -> str:
+    """The overview table's title: what its order puts first."""
+    if sort == "recommended":
+        return "recommended features" if descending else "least recommended features"
+    if sort == "density":
+        return "densest features" if descending else "rarest features"
+    return f"features by {sort.replace('_', ' ')}, {'highest' if descending else 'lowest'} first"
+
+
+def print_overview(
+    atlas: Atlas, console: Console, sort: str = "recommended", descending: bool = True, limit: int = 10
+) -> None:
     meta = atlas.meta
     console.rule(f"[bold]atlas[/] {atlas.path}")
     console.print(
@@ -136,27 +158,33 @@ def print_overview(atlas: Atlas, console: Console) -> None:
             form.format(evaluation[key]) for key, form in shown.items() if evaluation.get(key) is not None
         ]
         console.print("evaluation: " + " · ".join(parts))
-    densities = [f.density for f in atlas.features(limit=len(atlas))]
-    dead = sum(1 for d in densities if d == 0)
-    logs = [math.log10(d) for d in densities if d > 0]
-    if logs:
-        low = math.floor(min(logs))
-        high = max(math.ceil(max(logs)), low + 1)
-        bins = [0] * max(1, (high - low) * 4)
-        for value in logs:
-            bins[min(len(bins) - 1, int((value - low) / (high - low) * len(bins)))] += 1
+    edges, counts, dead = atlas.density_histogram(per_decade=4)
+    if counts:
         console.print(
-            f"density (log10 {low} … {high}): {sparkline([float(b) for b in bins])}   dead: {dead:,}"
+            f"density (log10 {edges[0]:.0f} … {edges[-1]:.0f}): {sparkline([float(c) for c in counts])}   "
+            f"dead: {dead:,}"
         )
-    table = Table(title="densest features", box=None)
-    for column in ("id", "density", "max", "top tokens"):
+    table = Table(title=list_title(sort, descending), box=None)
+    for column in ("id", "density", "max", "top tokens", "AUROC"):
         table.add_column(column)
-    for summary in atlas.features(limit=10):
+    table.add_column("best explanation", no_wrap=True, overflow="ellipsis", max_width=60)
+    for summary in atlas.features(sort=sort, descending=descending, limit=limit):
         record = atlas.feature(summary.id)
         tokens = "  ".join(repr(t) for t, _ in record.top_tokens[:5])
-        table.add_row(str(summary.id), f"{summary.density:.2%}", f"{summary.max_activation or 0:.3g}", tokens)
+        score = "" if summary.explanation_score is None else f"{summary.explanation_score:.2f}"
+        table.add_row(
+            str(summary.id),
+            f"{summary.density:.2%}",
+            f"{summary.max_activation or 0:.3g}",
+            tokens,
+            score,
+            summary.explanation or "",
+        )
     console.print(table)
+    if sort == "recommended":
+        console.print(f"recommended order: {atlas.recommended_rule()}", style="dim")
     console.print(f"one feature: featurelens show {atlas.path} ID    search: ... --search WORDS")
+    console.print(f"other orders: --sort KEY, one of {', '.join(SORTABLE)}; --order asc reverses")
 
 
 def print_search(atlas: Atlas, query: str, console: Console) -> None:
@@ -210,9 +238,11 @@ def main(args: argparse.Namespace) -> int:
             print_search(atlas, args.search, console)
             return 0
         if args.feature is None:
-            print_overview(atlas, console)
+            if args.limit < 1:
+                raise AtlasError(f"--limit must be at least 1, got {args.limit}")
+            print_overview(atlas, console, args.sort, args.order == "desc", args.limit)
             if args.png:
-                densities = np.array([f.density for f in atlas.features(limit=len(atlas))])
+                densities = atlas.densities()
                 densities = densities[densities > 0]
                 edges = np.logspace(math.log10(densities.min()) if len(densities) else -6, 0, 41)
                 counts, _ = np.histogram(densities, bins=edges)

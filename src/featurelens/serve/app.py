@@ -7,7 +7,7 @@ Routes (the OpenAPI schema is at ``/openapi.json``):
     GET  /static/...                its script and style sheet, served from the package only
     GET  /api/meta                  model, hook, dictionary, evaluation, settings
     GET  /api/densities             histogram of log10 feature densities, and the dead count
-    GET  /api/features              one page of features: ?sort=density&order=desc&limit=50&offset=0
+    GET  /api/features              one page of features: ?sort=recommended&order=desc&limit=50&offset=0
     GET  /api/features/{id}         everything about one feature
     GET  /api/search?q=...          features whose top / output tokens (or explanations) match
     GET  /api/circuit               the circuit being shown (``--circuit``), nodes linked to atlas pages
@@ -26,7 +26,6 @@ and requests made while another one loads the model (429 with Retry-After).
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -90,6 +89,7 @@ class FeaturePage(BaseModel):
     sort: str
     order: str
     items: list[FeatureSummary]
+    rule: str = ""  # for sort=recommended: what it puts first on this atlas (Atlas.recommended_rule)
 
 
 class SearchHit(BaseModel):
@@ -257,31 +257,22 @@ def create_app(
     @app.get("/api/densities")
     def densities() -> Densities:
         with served.lock:
-            values = [f.density for f in atlas.features(limit=len(atlas))]
-        logs = [math.log10(d) for d in values if d > 0]
-        if not logs:
-            return Densities(edges=[], counts=[], dead=len(values))
-        low = math.floor(min(logs))
-        high = max(math.ceil(max(logs)), low + 1)
-        n_bins = (high - low) * 5
-        counts = [0] * n_bins
-        for value in logs:
-            counts[min(n_bins - 1, int((value - low) / (high - low) * n_bins))] += 1
-        edges = [low + i * (high - low) / n_bins for i in range(n_bins + 1)]
-        return Densities(edges=edges, counts=counts, dead=len(values) - len(logs))
+            edges, counts, dead = atlas.density_histogram(per_decade=5)
+        return Densities(edges=edges, counts=counts, dead=dead)
 
     @app.get("/api/features", responses=errors(422))
     def features(
         sort: Literal[
-            "id", "density", "count", "mean_activation", "max_activation", "explanation_score"
-        ] = "density",
+            "recommended", "id", "density", "count", "mean_activation", "max_activation", "explanation_score"
+        ] = "recommended",
         order: Literal["asc", "desc"] = "desc",
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     ) -> FeaturePage:
         with served.lock:
             items = atlas.features(sort=sort, descending=order == "desc", limit=limit, offset=offset)
-        return FeaturePage(total=len(atlas), sort=sort, order=order, items=items)
+            rule = atlas.recommended_rule() if sort == "recommended" else ""
+        return FeaturePage(total=len(atlas), sort=sort, order=order, items=items, rule=rule)
 
     @app.get("/api/features/{feature_id}", responses=errors(404, 422))
     def feature(feature_id: int) -> Feature:

@@ -3,7 +3,9 @@
 "use strict";
 
 const view = document.getElementById("view");
-const state = { sort: "density", order: "desc", offset: 0, limit: 50, meta: null };
+const state = { sort: "recommended", order: "desc", offset: 0, limit: 50, meta: null };
+const ORDERS = [["recommended", "recommended"], ["density", "density"], ["count", "count"], ["mean_activation", "mean activation"],
+  ["max_activation", "max activation"], ["explanation_score", "explanation score"], ["id", "id"]];
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -119,6 +121,12 @@ async function overview() {
     el("td", { class: "num" }, fmt(f.mean_activation)), el("td", { class: "num" }, fmt(f.max_activation)),
     el("td", { class: "explanation" }, f.explanation ? `${f.explanation} (${fmt(f.explanation_score, 2)})` : "")));
   const last = Math.min(page.total, state.offset + state.limit);
+  const sortControl = el("p", { class: "sort-control" }, el("label", { for: "sort" }, "order "),
+    el("select", { id: "sort", onchange: (event) => {
+      state.sort = event.target.value; state.order = "desc"; state.offset = 0; render();
+    } }, ORDERS.map(([key, label]) => el("option", { value: key, ...(state.sort === key ? { selected: "" } : {}) }, label))),
+    state.order === "asc" ? " (reversed)" : "",
+    page.rule ? el("span", { class: "muted", id: "sort-rule" }, ` — ${page.rule}`) : null);
   put(
     el("h1", {}, `${meta.kind === "neurons" ? "Neurons" : "Features"} of ${meta.hook_in}`),
     el("div", { class: "stats" },
@@ -130,6 +138,7 @@ async function overview() {
     el("h2", {}, "feature density (log10)"),
     densities.counts.length ? histogram(densities.edges, densities.counts, { log: false, label: "10^" }) : null,
     el("p", { class: "muted" }, `${densities.dead} never fired`),
+    sortControl,
     el("table", { id: "features" }, el("thead", {}, head), el("tbody", {}, rows)),
     el("div", { class: "pager" },
       el("button", { onclick: () => { state.offset = Math.max(0, state.offset - state.limit); render(); },
