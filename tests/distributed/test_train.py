@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
@@ -26,8 +25,15 @@ STEPS = 30
 
 def configs() -> list[TrainConfig]:
     """One of each kind of cross-rank state: AuxK on dead latents, a target-L0 controller, codebook revival
-    and BatchTopK's running threshold (its selection is per rank slice, so it only has to agree across ranks)."""
-    common = {"batch_size": 256, "steps": STEPS, "lr": 1e-2, "warmup_steps": 5, "dead_after_tokens": 256}
+    and BatchTopK's running threshold (it selects per rank slice, so its ranks only have to agree)."""
+    common = {
+        "encoder_dtype": "float32",
+        "batch_size": 256,
+        "steps": STEPS,
+        "lr": 1e-2,
+        "warmup_steps": 5,
+        "dead_after_tokens": 256,
+    }
     return [
         TrainConfig(arch="topk", k=3, expansion=16, **common),  # type: ignore[arg-type]
         TrainConfig(arch="relu", target_l0=3.0, sparsity_coefficient=0.1, expansion=16, **common),  # type: ignore[arg-type]
