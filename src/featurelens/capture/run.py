@@ -9,6 +9,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import chain, islice
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from featurelens import distributed
 from featurelens.capture.store import (
     FORMAT,
     FORMAT_VERSION,
@@ -134,7 +136,8 @@ def _prepare_output(config: CaptureConfig) -> None:
     elif existing.get("complete"):
         if not config.resume:
             raise StoreError(f"{out} already holds this complete capture; use --overwrite to redo it")
-    elif not config.resume and config.world_size == 1:  # other ranks join a shared store as it fills
+    elif not config.resume and (config.world_size == 1 or distributed.active()):
+        # writers started one by one (--rank without a launcher) join a shared store as it fills
         raise StoreError(
             f"{out} holds an interrupted capture; add --resume to continue it or --overwrite to restart"
         )
@@ -235,8 +238,18 @@ def run_capture(
     """Capture ``config.hooks`` into the store at ``config.out``; resumable shard by shard.
 
     ``on_tokens`` is called with the number of tokens each forward pass ran (for progress bars).
+
+    Inside a process group (torchrun, ``--workers``) the ranks agree on the options first, rank 0 checks
+    the output folder, each rank writes shards ``i % world_size``, and rank 0 marks the store complete once
+    every rank is done; the result then counts every rank's shards and tokens. Without a group, several
+    ``--rank`` writers may fill one store in turn, and whichever writes the last shard completes it.
     """
-    _prepare_output(config)
+    group = distributed.active()
+    if group:
+        _check_world(config)
+        distributed.on_main(partial(_prepare_output, config), StoreError)
+    else:
+        _prepare_output(config)
     lm = lm or load_model(config.model, device=config.device)
     for hook in config.hooks:
         lm.hook_point(hook)  # unknown names fail before anything is written
@@ -248,15 +261,35 @@ def run_capture(
     if first is None:
         raise StoreError(f"the corpus holds fewer than seq_len={config.seq_len} tokens; nothing was captured")
     writer = StoreWriter(Path(config.out), _manifest(config, lm, widths))
+    distributed.barrier()  # no rank starts before every rank's model has loaded
     started = time.perf_counter()
     written = skipped = tokens_run = n_shards = 0
     for index, sequences in enumerate(chain([first], shards)):
         n_shards = index + 1
-        if index % config.world_size != config.rank or writer.has_shard(index):
+        if index % config.world_size != config.rank:
+            continue
+        if writer.has_shard(index):
             skipped += 1
             continue
         writer.write_shard(index, capture_shard(lm, sequences, config, on_tokens))
         written += 1
         tokens_run += len(sequences) * config.seq_len
-    manifest = writer.finish(n_shards, config.outlier_multiple) or writer.manifest
-    return CaptureResult(manifest, time.perf_counter() - started, tokens_run, written, skipped)
+    if not group:
+        manifest = writer.finish(n_shards, config.outlier_multiple) or writer.manifest
+        return CaptureResult(manifest, time.perf_counter() - started, tokens_run, written, skipped)
+    counts = distributed.gather_objects((written, skipped, tokens_run))  # every rank is done: a barrier
+    written, skipped, tokens_run = (sum(column) for column in zip(*counts, strict=True))
+    finished = distributed.on_main(partial(writer.finish, n_shards, config.outlier_multiple), StoreError)
+    seconds = time.perf_counter() - started
+    return CaptureResult(finished or writer.manifest, seconds, tokens_run, written, skipped)
+
+
+def _check_world(config: CaptureConfig) -> None:
+    """The config's rank and world size are the process group's, and every rank captures the same thing."""
+    world = distributed.current_world()
+    if (config.rank, config.world_size) != (world.rank, world.size):
+        raise StoreError(
+            f"--rank {config.rank} --world-size {config.world_size} contradict this process's place in its "
+            f"launch (rank {world.rank} of {world.size}); leave them out under torchrun"
+        )
+    distributed.check_same(json_roundtrip(config.identity()) | {"out": config.out}, "capture options")

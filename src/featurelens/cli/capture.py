@@ -14,6 +14,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import math
 
 from rich.console import Console
 
@@ -21,6 +22,8 @@ from featurelens.capture import CaptureConfig, CaptureResult, run_capture
 from featurelens.capture.store import STORE_DTYPES
 from featurelens.cli.corpus_options import add_corpus_arguments, corpus_from_args
 from featurelens.cli.progress import token_progress
+from featurelens.cli.workers import add_workers_argument, launch_or_join
+from featurelens.distributed import World, process_group
 
 HELP = "record activations at hook points into an on-disk store"
 
@@ -66,13 +69,20 @@ def add_arguments(parser: argparse.ArgumentParser, *, out: str = "runs/demo/acts
         help="report rows whose norm exceeds this multiple of the median",
     )
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
-    parser.add_argument("--rank", type=int, default=0, help="this writer's rank when several fill one store")
-    parser.add_argument("--world-size", type=int, default=1, help="number of writers filling the store")
+    parser.add_argument(
+        "--rank", type=int, help="this writer's rank when several fill one store (default: torchrun's, or 0)"
+    )
+    parser.add_argument(
+        "--world-size", type=int, help="number of writers filling the store (default: torchrun's, or 1)"
+    )
+    add_workers_argument(parser)
     parser.add_argument("--resume", action="store_true", help="continue an interrupted capture")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing store")
 
 
-def config_from_args(args: argparse.Namespace) -> CaptureConfig:
+def config_from_args(args: argparse.Namespace, world: World | None = None) -> CaptureConfig:
+    """The capture the flags describe; ``world`` (torchrun's) fills in --rank and --world-size."""
+    world = world or World()
     return CaptureConfig(
         out=args.out,
         model=args.model,
@@ -87,15 +97,19 @@ def config_from_args(args: argparse.Namespace) -> CaptureConfig:
         shard_tokens=args.shard_tokens,
         outlier_multiple=args.outlier_multiple,
         device=args.device,
-        rank=args.rank,
-        world_size=args.world_size,
+        rank=world.rank if args.rank is None else args.rank,
+        world_size=world.size if args.world_size is None else args.world_size,
         resume=args.resume,
         overwrite=args.overwrite,
     )
 
 
 def capture_with_progress(config: CaptureConfig, console: Console) -> CaptureResult:
-    with token_progress(console, "capturing", total=config.n_sequences * config.seq_len) as advance:
+    """Capture under a progress bar of this writer's share of the tokens."""
+    per_shard, n = config.sequences_per_shard, config.n_sequences
+    own = range(config.rank, math.ceil(n / per_shard), config.world_size)
+    total = sum(min(per_shard, n - index * per_shard) for index in own) * config.seq_len
+    with token_progress(console, "capturing", total=total) as advance:
         return run_capture(config, on_tokens=advance)
 
 
@@ -111,7 +125,13 @@ def print_result(result: CaptureResult, console: Console) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    console = Console(stderr=False)
-    config = config_from_args(args)
-    print_result(capture_with_progress(config, console), console)
+    world = launch_or_join(args)
+    if world is None:  # --workers processes did the capture and printed its result
+        return 0
+    config = config_from_args(args, world)
+    console = Console(stderr=False, quiet=not world.is_main)  # rank 0 speaks for the launch
+    with process_group(world):
+        result = capture_with_progress(config, console)
+    if world.is_main:
+        print_result(result, console)
     return 0

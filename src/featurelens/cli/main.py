@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from featurelens import distributed
 from featurelens.cli import (
     atlas,
     capture,
@@ -99,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `--workers` relaunches the same command
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     logging.getLogger("featurelens").setLevel(logging.INFO)  # one-off notes such as the GGUF conversion
     if not args.verbose:
@@ -113,7 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FeatureLensError as error:
         if args.verbose:
             raise
-        print(f"featurelens {args.verb}: error: {error}", file=sys.stderr)
+        message, world = str(error), distributed.launched_world()
+        if world is not None and world.size > 1:
+            distributed.record_error(message)
+            if distributed.report_to_launcher():  # the launcher prints the failing rank's line
+                return 2
+            message = f"rank {world.rank}: {message}"
+        print(f"featurelens {args.verb}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

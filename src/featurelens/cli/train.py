@@ -33,9 +33,11 @@ from rich.table import Table
 
 from featurelens.capture import ActivationStore
 from featurelens.cli.progress import stage_progress
+from featurelens.cli.workers import add_workers_argument, launch_or_join
 from featurelens.corpus import CorpusConfig
 from featurelens.dictionaries.base import DictionaryError
 from featurelens.dictionaries.registry import ARCHITECTURES
+from featurelens.distributed import World, process_group
 from featurelens.models.hook_names import point_of
 from featurelens.training.config import ENCODER_DTYPES, K_ARCHITECTURES, TrainConfig
 from featurelens.training.from_store import SavedDictionary, StoreTraining, train_on_store
@@ -86,6 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted training run")
     parser.add_argument("--overwrite", action="store_true", help="replace trained dictionaries in --out")
+    add_workers_argument(parser)
 
 
 def add_dictionary_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig | None = None) -> None:
@@ -217,7 +220,16 @@ def print_results(saved: list[SavedDictionary], console: Console) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    console = Console()
+    world = launch_or_join(args)
+    if world is None:  # --workers processes trained and rank 0 printed the results
+        return 0
+    with process_group(world):
+        return train_in_world(args, Console(quiet=not world.is_main), world)
+
+
+def train_in_world(args: argparse.Namespace, console: Console, world: World) -> int:
+    """Train as the flags say; in a data-parallel run rank 0 warns, reports and saves."""
+    warn = partial(print, file=sys.stderr) if world.is_main else lambda _line: None
     output_options = {
         "out": args.out,
         "checkpoint_every": args.checkpoint_every,
@@ -227,6 +239,8 @@ def main(args: argparse.Namespace) -> int:
     }
     train: Callable[[StepCallback], list[SavedDictionary]]
     if args.model:
+        if world.size > 1:
+            raise DictionaryError("live training (--model) runs in one process; train several on a store")
         if not args.hook:
             raise DictionaryError("live training needs --hook (see `featurelens hooks --model ...`)")
         corpus = CorpusConfig(spec=args.corpus)
@@ -248,15 +262,13 @@ def main(args: argparse.Namespace) -> int:
         configs = configs_from_args(args, hook, args.hook_out)
         if args.arch == SEMI_NMF:  # fitted by passes, each reported on one line, not by steps
             if point_of(hook) != "mlp_neurons":
-                print(
-                    f"warning: seminmf is meant for MLP neurons (layers.N.mlp_neurons), not {hook}",
-                    file=sys.stderr,
-                )
+                warn(f"warning: seminmf is meant for MLP neurons (layers.N.mlp_neurons), not {hook}")
             with stage_progress(console, "semi-NMF", "rows") as update:
                 saved = train_on_store(job, configs, on_pass=partial(print_pass, console), on_batch=update)
             return finish(saved, console)
-        train = partial(train_on_store, job, configs, on_warning=partial(print, file=sys.stderr))
-    return finish(train_with_progress(train, console), console)
+        train = partial(train_on_store, job, configs, on_warning=warn)
+    saved = train_with_progress(train, console)
+    return finish(saved, console) if world.is_main else 0
 
 
 def print_pass(console: Console, report: PassReport) -> None:

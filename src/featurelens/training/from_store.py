@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from featurelens import distributed
 from featurelens.capture import ActivationStore
+from featurelens.capture.run import json_roundtrip
 from featurelens.capture.store import write_json_atomic
 from featurelens.dictionaries.base import Dictionary, DictionaryError
 from featurelens.dictionaries.gradient_topk import needs_model_error
@@ -252,6 +254,8 @@ def train_on_store(
         "max_norm": limits,
     }
     if first.arch == SEMI_NMF:
+        if distributed.active():
+            raise DictionaryError("arch seminmf fits in one process: leave out --workers and torchrun")
         progress = (on_pass, on_batch)
         return fit_semi_nmf_on_store(job, configs, store, (stop, keep), provenance, heldout, progress)
     per_epoch = math.ceil(int(keep[:stop].sum()) / first.batch_size)
@@ -313,9 +317,12 @@ def fit_and_save(
 ) -> list[SavedDictionary]:
     """Train ``configs`` on ``batches``, checkpointing in ``job.out``; save each with its provenance.
 
-    ``on_start`` runs once the output folder is accepted, before the first step."""
+    ``on_start`` runs once the output folder is accepted, before the first step. In a data-parallel run
+    rank 0 checks the folder and saves; the other ranks return no dictionaries."""
     out = Path(job.out)
-    folders = start_output(job, configs)
+    options = {"configs": [config.to_dict() for config in configs], "source": source, "out": job.out}
+    distributed.check_same(json_roundtrip(options), "training options")
+    folders = distributed.on_main(partial(start_output, job, configs), DictionaryError)
     if on_start is not None:
         on_start()
     checkpointing = Checkpointing(checkpoint_dir(out), job.checkpoint_every, job.resume, source)
@@ -323,6 +330,8 @@ def fit_and_save(
     results = train_dictionaries(
         configs, batches, checkpointing=checkpointing, on_step=on_step, device=device
     )
+    if folders is None:  # another rank than 0 of a data-parallel run: rank 0 saves
+        return []
     saved = save_trained(folders, results, provenance, heldout)
     shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
     return saved

@@ -8,17 +8,25 @@ from featurelens.dictionaries.sparse_decode import topk_decode
 
 
 def auxk_loss(
-    dead_pre: torch.Tensor, dead: torch.Tensor, residual: torch.Tensor, W_dec: torch.Tensor, k_aux: int
+    dead_pre: torch.Tensor,
+    dead: torch.Tensor,
+    residual: torch.Tensor,
+    W_dec: torch.Tensor,
+    k_aux: int,
+    variance: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """AuxK (Gao et al. 2024): dead latents must reconstruct the main residual; a scalar.
 
     dead_pre [n, n_dead] pre-activations of the dead latents, whose indices are dead [n_dead];
     residual [n, d_out] = target - reconstruction (detached); W_dec [d_latent, d_out]. Normalised by
-    the residual's variance so its scale is O(1).
+    the residual's variance so its scale is O(1): summed squared deviation from its mean, or ``variance``
+    when given (a data-parallel rank passes the global batch's, so the ranks' losses add up).
     """
     values, picked = dead_pre.topk(min(k_aux, dead.numel()), dim=1, sorted=False)
     residual_hat = topk_decode(dead[picked], values.relu(), W_dec)
-    total = (residual - residual.mean(dim=0)).square().sum().clamp_min(1e-12)
+    if variance is None:
+        variance = (residual - residual.mean(dim=0)).square().sum()
+    total = variance.clamp_min(1e-12)
     return (residual_hat - residual).square().sum() / total
 
 

@@ -8,11 +8,13 @@ from typing import Any
 
 import torch
 
+from featurelens import distributed
 from featurelens.dictionaries.base import Dictionary, DictionaryError, TrainingOutput
 from featurelens.dictionaries.registry import build_dictionary, dictionary_class
 from featurelens.dictionaries.sparse_encode import selection_dtype
 from featurelens.training.config import TrainConfig, learning_rate_factor
 from featurelens.training.controller import L0Controller
+from featurelens.training.data_parallel import all_reduce_step, step_statistics
 from featurelens.training.losses import auxk_loss, geometric_median
 
 FINAL_WINDOW = 10  # reported metrics average the last this-many steps
@@ -89,8 +91,9 @@ class TrainingRun:
         need one (``needs_gradient``), in the scaled space: d loss / d (x * s) = gradient / s.
         """
         config, dictionary = self.config, self.dictionary
-        for group in self.optimizer.param_groups:
-            group["lr"] = config.lr * learning_rate_factor(self.step, config)
+        group = distributed.active()  # data-parallel: x is this rank's slice of the global batch
+        for param_group in self.optimizer.param_groups:
+            param_group["lr"] = config.lr * learning_rate_factor(self.step, config)
         xs, ys = x * dictionary.input_scale, y * dictionary.output_scale
         forward: Callable[..., TrainingOutput] = dictionary.training_forward
         if dictionary.needs_gradient:
@@ -99,35 +102,48 @@ class TrainingRun:
         else:
             out = forward(xs, ys)
         residual = ys - out.y_hat
+        stats = step_statistics(out.l0, out.fired, residual.detach(), ys) if group else None
         loss = residual.square().sum(1).mean() / ys.shape[1] + out.extra_loss
+        if stats is not None:
+            loss = loss * (x.shape[0] / stats.n)  # this rank's share of the global batch's mean
         dead = self.rows_since_fired > config.dead_after_tokens
         if config.auxk_coefficient and dead.any():
             latents = dead.nonzero().flatten().to(xs.device)
             dead_pre = dictionary.pre_activation(xs, latents)  # only the dead columns: cheap
-            aux = auxk_loss(dead_pre, latents, residual.detach(), dictionary.W_dec, self.k_aux)
+            variance = stats.residual_variance if stats is not None else None
+            aux = auxk_loss(dead_pre, latents, residual.detach(), dictionary.W_dec, self.k_aux, variance)
             loss = loss + config.auxk_coefficient * aux
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        reported = all_reduce_step(dictionary, loss) if group else float(loss.detach())
         dictionary.remove_parallel_decoder_grad_()
         self.optimizer.step()
         dictionary.normalize_decoder_()
-        l0 = float(out.l0)
+        l0, fired, n = (stats.l0, stats.fired, stats.n) if stats else (float(out.l0), out.fired, x.shape[0])
         if self.controller is not None:
             dictionary.sparsity_coefficient = self.controller.update(l0)
-        self.rows_since_fired += x.shape[0]
-        self.rows_since_fired[out.fired.cpu()] = 0
+        self.rows_since_fired += n
+        self.rows_since_fired[fired.cpu()] = 0
         if dead.any():
             self._revive(dead, xs, residual.detach())
-        with torch.no_grad():
-            sse = float(residual.square().sum())
-            total = float((ys - ys.mean(0)).square().sum())
+        if stats is not None:
+            sse, total = stats.sse, stats.total
+        else:
+            with torch.no_grad():
+                sse = float(residual.square().sum())
+                total = float((ys - ys.mean(0)).square().sum())
         self.window = [*self.window[-(FINAL_WINDOW - 1) :], (sse, total, l0)]
         self.step += 1
-        self.tokens += x.shape[0]
-        return StepMetrics(float(loss.detach()), sse / max(total, 1e-12), l0, float(dead.float().mean()))
+        self.tokens += n
+        return StepMetrics(reported, sse / max(total, 1e-12), l0, float(dead.float().mean()))
 
     def _revive(self, dead: torch.Tensor, xs: torch.Tensor, residual: torch.Tensor) -> None:
-        """Let the dictionary re-initialise dead latents; those it revives start afresh (counter, Adam)."""
+        """Let the dictionary re-initialise dead latents; those it revives start afresh (counter, Adam).
+
+        Data-parallel ranks hand a dictionary that revives from rows the whole global batch, so every
+        rank revives the same latents to the same rows."""
+        if distributed.active() and type(self.dictionary).revive_ is not Dictionary.revive_:
+            xs, residual = distributed.gather_rows(xs), distributed.gather_rows(residual)  # the global batch
         revived = self.dictionary.revive_(dead.to(xs.device), xs, residual)
         if not len(revived):
             return

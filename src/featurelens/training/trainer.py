@@ -11,7 +11,9 @@ from typing import Any
 
 import torch
 
+from featurelens import distributed
 from featurelens.dictionaries.base import Dictionary, DictionaryError
+from featurelens.distributed import World, slice_rows
 from featurelens.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from featurelens.training.config import TrainConfig
 from featurelens.training.state import StepMetrics, TrainingRun, initial_dictionary
@@ -65,6 +67,14 @@ def split_batch(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor 
     return x.float(), y.float(), gradient.float() if gradient is not None else None
 
 
+def own_rows(batch: Batch, world: World) -> Batch:
+    """This rank's contiguous slice of every tensor of a global batch."""
+    if isinstance(batch, torch.Tensor):
+        return batch[slice_rows(batch.shape[0], world)]
+    part = slice_rows(batch[0].shape[0], world)
+    return tuple(t[part] for t in batch)  # type: ignore[return-value]
+
+
 def _check_together(configs: Sequence[TrainConfig]) -> None:
     if not configs:
         raise DictionaryError("no training configuration given")
@@ -90,9 +100,15 @@ def train_dictionaries(
     folder, the weights, optimiser and counters are restored and the first ``step`` batches are skipped,
     so the result equals an uninterrupted run given the same deterministic batches. Training runs on
     ``device``; batches may live anywhere.
+
+    Inside a process group (torchrun, ``--workers``) every rank is given the same global batches and trains
+    on its slice of each (:func:`featurelens.distributed.slice_rows`); see
+    :mod:`featurelens.training.data_parallel`. The dictionary starts from the whole first batch, only rank 0
+    writes checkpoints, and any number of ranks can resume one.
     """
     _check_together(configs)
     steps = configs[0].steps
+    world = distributed.current_world()
     iterator: Iterator[Batch] = iter(batches)
     runs: list[TrainingRun] | None = None
     source = (checkpointing.source or {}) if checkpointing else {}
@@ -106,23 +122,28 @@ def train_dictionaries(
         pending = next(iterator, None)
         if pending is None:
             raise DictionaryError("no training batches: the activation source is empty")
-        x, y, _ = split_batch(pending)
+        x, y, _ = split_batch(pending)  # the whole first batch: every rank starts from the same dictionary
         x, y = x.to(device), y.to(device)
         runs = [TrainingRun(config, initial_dictionary(config, x, y).to(device)) for config in configs]
     started, start_tokens = time.perf_counter(), runs[0].tokens
+    saving = checkpointing if checkpointing and checkpointing.every and world.is_main else None
     while runs[0].step < steps:
         batch = pending if pending is not None else next(iterator, None)
         pending = None
         if batch is None:
             break
+        if world.size > 1:
+            if len(batch if isinstance(batch, torch.Tensor) else batch[0]) < world.size:
+                break  # a last batch too small to give every rank a row
+            batch = own_rows(batch, world)
         x, y, gradient = split_batch(batch)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         gradient = gradient.to(device, non_blocking=True) if gradient is not None else None
         metrics = [run.train_step(x, y, gradient=gradient) for run in runs]
         if on_step is not None:
             on_step(runs, metrics)
-        if checkpointing and checkpointing.every and runs[0].step % checkpointing.every == 0:
-            save_checkpoint(checkpointing.folder, runs, source)
+        if saving and runs[0].step % saving.every == 0:
+            save_checkpoint(saving.folder, runs, source)
     elapsed = time.perf_counter() - started
     trained = runs[0].tokens - start_tokens
     return [
