@@ -227,9 +227,13 @@ def train_on_store(
     for hook in hooks:
         store.activations(hook)  # an unknown hook fails here with the store's hook list
     width = store.manifest["hooks"][first.hook_in]["width"]
+    d_out = store.manifest["hooks"][hooks[-1]]["width"]
     for config in configs:
         if config.arch in K_ARCHITECTURES:
             check_k(config.k, config.d_latent(width))
+        dictionary_class(config.arch).check_training_fits(  # refused before anything is printed or written
+            width, config.d_latent(width), d_out, config.batch_size, resolve_device(job.device)
+        )
     stop, n_rows = heldout_rows(store, job.holdout_tokens)
     keep, limits = typical_rows(store, hooks)
     if job.keep_outliers:
