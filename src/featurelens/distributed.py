@@ -133,18 +133,26 @@ def gather_objects(value: T) -> list[T]:
     return out
 
 
+def gather_same_shape(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's ``tensor`` (the same shape and dtype on every rank), in rank order."""
+    if not active():
+        return [tensor]
+    if tensor.device.type != "cpu" and dist.get_backend() == "gloo":  # gloo gathers CPU tensors only
+        return [part.to(tensor.device) for part in gather_same_shape(tensor.cpu())]
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    _collective(lambda: dist.all_gather(parts, tensor.contiguous()))
+    return parts
+
+
 def gather_rows(rows: torch.Tensor) -> torch.Tensor:
     """Every rank's rows [n_r, ...] concatenated in rank order [sum n_r, ...] (n_r may differ by rank)."""
     if not active():
         return rows
-    counts = torch.tensor([rows.shape[0]])
-    sizes = [torch.zeros_like(counts) for _ in range(dist.get_world_size())]
-    _collective(lambda: dist.all_gather(sizes, counts))
+    sizes = gather_same_shape(torch.tensor([rows.shape[0]]))
     longest = int(max(size.item() for size in sizes))
     padded = rows.new_zeros((longest, *rows.shape[1:]))
     padded[: rows.shape[0]] = rows
-    parts = [torch.empty_like(padded) for _ in sizes]
-    _collective(lambda: dist.all_gather(parts, padded.contiguous()))
+    parts = gather_same_shape(padded)
     return torch.cat([part[: int(size.item())] for part, size in zip(parts, sizes, strict=True)])
 
 

@@ -10,6 +10,7 @@ from featurelens.dictionaries.matryoshka import MatryoshkaDictionary
 from featurelens.dictionaries.registry import ARCHITECTURES, build_dictionary, dictionary_class
 from featurelens.dictionaries.relu import ReLUDictionary
 from featurelens.dictionaries.semi_nmf import SemiNMFDictionary
+from featurelens.dictionaries.sharded import ShardedTopK
 from featurelens.dictionaries.topk import TopKDictionary
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "MatryoshkaDictionary",
     "ReLUDictionary",
     "SemiNMFDictionary",
+    "ShardedTopK",
     "TopKDictionary",
     "TrainingOutput",
     "build_dictionary",

@@ -162,17 +162,13 @@ class Dictionary(nn.Module):
 
     # -- invariants -------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def normalize_decoder_(self) -> None:
         """Rescale decoder rows to unit norm."""
-        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+        normalize_rows_(self.W_dec)
 
-    @torch.no_grad()
     def remove_parallel_decoder_grad_(self) -> None:
         """Drop the gradient component along each decoder row, so a step keeps rows near unit norm."""
-        if self.W_dec.grad is not None:
-            parallel = (self.W_dec.grad * self.W_dec).sum(dim=1, keepdim=True)
-            self.W_dec.grad.sub_(parallel * self.W_dec)
+        remove_parallel_grad_(self.W_dec)
 
     @torch.no_grad()
     def set_scales_(self, input_scale: float, output_scale: float) -> None:
@@ -234,3 +230,17 @@ class Dictionary(nn.Module):
         from featurelens.dictionaries.formats import load_dictionary_folder
 
         return load_dictionary_folder(Path(path))
+
+
+@torch.no_grad()
+def normalize_rows_(W_dec: torch.Tensor) -> None:
+    """Rescale the rows of a decoder [d_latent, d_out] to unit norm, in place."""
+    W_dec.div_(W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
+
+@torch.no_grad()
+def remove_parallel_grad_(W_dec: torch.Tensor) -> None:
+    """Drop the component of ``W_dec.grad`` [d_latent, d_out] along each row of the decoder, in place."""
+    if W_dec.grad is not None:
+        parallel = (W_dec.grad * W_dec).sum(dim=1, keepdim=True)
+        W_dec.grad.sub_(parallel * W_dec)
