@@ -9,7 +9,8 @@
 5. explain every feature with the baseline, scored on held-out examples (the bundled 135M model's own
    explanations score at chance, so it explains only the densest --explain-local N when asked; the run
    prints the command for a stronger model behind an OpenAI-compatible endpoint);
-6. print each stage's time and the command that serves the web app on it (or serve it: --serve).
+6. print each stage's time (also in OUT/run.json) and the command that serves the web app on it
+   (or serve it: --serve).
 A rerun reuses finished stages and continues interrupted ones; --overwrite redoes everything.
 
 examples:
@@ -35,6 +36,7 @@ from rich.table import Table
 from featurelens.atlas import Atlas, AtlasJob, AtlasSettings
 from featurelens.capture import ActivationStore
 from featurelens.capture.run import CaptureConfig, json_roundtrip
+from featurelens.capture.store import write_json_atomic
 from featurelens.cli import serve
 from featurelens.cli.atlas import build_with_progress
 from featurelens.cli.atlas import print_summary as print_atlas_summary
@@ -60,6 +62,7 @@ HELP = "run the whole loop on the bundled model and corpus"
 # 80k tokens, 4 epochs of batches of 1,024 (284 steps) beat 200k tokens, 2 epochs of 4,096 (88 steps) on
 # SmolLM2 layer 15: held-out FVU 0.24 vs 0.37, CE loss recovered 96.8% vs 91.6%, in less than half the time.
 TOKENS = 80_000
+RUN_TIMES = "run.json"  # each stage's seconds, next to the run's outputs
 EPOCHS = 4
 BATCH_SIZE = 1024
 STRONGER_EXPLAINER = (
@@ -82,6 +85,11 @@ class StageClock:
         started = time.perf_counter()
         yield notes
         self.stages.append((name, time.perf_counter() - started, ", ".join(notes)))
+
+    def save(self, path: Path) -> None:
+        """Write ``{"stages": [{"stage", "seconds", "note"}], "seconds"}`` as JSON, atomically."""
+        stages = [{"stage": name, "seconds": seconds, "note": note} for name, seconds, note in self.stages]
+        write_json_atomic(path, {"stages": stages, "seconds": sum(s["seconds"] for s in stages)})
 
     def table(self) -> Table:
         """The stages with their seconds and share of the total, then the total."""
@@ -228,6 +236,7 @@ def main(args: argparse.Namespace) -> int:
             )
 
     console.print(clock.table())
+    clock.save(out / RUN_TIMES)
     command = f"featurelens serve {atlas}"
     if args.serve:
         console.rule("[bold]6. serve")
