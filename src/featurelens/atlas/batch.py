@@ -117,7 +117,9 @@ def read_batch(db: sqlite3.Connection, stream: np.ndarray, features: Sequence[in
         f"SELECT feature, rank, token FROM token_effects WHERE kind = 'output_top' AND feature IN ({marks})",
         wanted,
     ).fetchall()
-    feature, kind, rank, bin_, row, activation, first, last, blobs = zip(*rows) if rows else ((),) * 9
+    feature, kind, rank, bin_, row, activation, first, last, blobs = (
+        zip(*rows, strict=True) if rows else ((),) * 9
+    )
     owner = np.searchsorted(ids, np.asarray(feature, dtype=np.int64))
     first_row = np.asarray(first, dtype=np.int64)
     length = np.asarray(last, dtype=np.int64) - first_row + 1
