@@ -397,15 +397,20 @@ def explain_atlas(job: ExplainJob, on_feature: Callable[[int, int], None] | None
                 if explainer.client is None or isinstance(explainer.client, LocalClient)
                 else job.concurrency
             )
-            batches = (explainer.baselines(todo[i : i + BATCH]) for i in range(0, len(todo), BATCH))
-            results = (result for batch in batches for result in _map(explainer.run, batch, workers))
-            for index, (feature, explanations, skips) in enumerate(results):
-                writer.save(feature, explanations, skips)
-                _tally(summary, explanations, skips)
-                if index + 1 == GIVE_UP_AFTER:
-                    _check_working(summary, explainer)
-                if on_feature is not None:
-                    on_feature(index + 1, len(todo))
+            done = 0
+            for first in range(0, len(todo), BATCH):
+                # one transaction per batch of baselines; an LLM's features are stored one by one
+                together = explainer.client is None
+                results = _map(explainer.run, explainer.baselines(todo[first : first + BATCH]), workers)
+                for group in [list(results)] if together else ([result] for result in results):
+                    writer.save(group)
+                    for _, explanations, skips in group:
+                        _tally(summary, explanations, skips)
+                        done += 1
+                        if done == GIVE_UP_AFTER:
+                            _check_working(summary, explainer)
+                        if on_feature is not None:
+                            on_feature(done, len(todo))
     finally:
         writer.close()
     summary.seconds = time.perf_counter() - started
