@@ -75,7 +75,8 @@ def test_the_local_model_explains_and_scores_end_to_end(atlas_path: Path, tiny_m
             for explanation in by_method.values():
                 assert 0.0 <= (explanation.detection_auroc or 0.0) <= 1.0
                 assert (
-                    explanation.detection_n == len(split_examples(by_kind(atlas.feature(feature)), 10).activating) + 10
+                    explanation.detection_n
+                    == len(split_examples(by_kind(atlas.feature(feature)), 10).activating) + 10
                 )
     cached = explain_atlas(
         ExplainJob(str(atlas_path), explainer="local", model=str(tiny_model_dir), features="5,6")
