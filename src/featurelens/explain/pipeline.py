@@ -3,9 +3,11 @@
 Per feature: the explainer sees the top contexts and half of the quantile samples (every other one, so
 all activation levels); the scorers use the other half (activating) and the random silent contexts
 (non-activating), which the explainer never saw. The baseline explanation is made and scored on the same
-examples by the same scorer as the LLM's, so their scores compare. Features that already hold an
-explanation by every requested method are skipped; failures are recorded per feature and method, with the
-reason, and retried by the next run.
+examples by the same scorer as the LLM's, so their scores compare. Baselines are made :data:`BATCH`
+features at a time from their examples read in one query (and, by the keyword scorer, scored together);
+they are stored one transaction per batch, an LLM's explanations one feature at a time. Features that
+already hold an explanation by every requested method are skipped; failures are recorded per feature and
+method, with the reason, and retried by the next run.
 """
 
 from __future__ import annotations
