@@ -162,8 +162,9 @@ def _candidates(batch: ExampleBatch, rows: np.ndarray, words: Words, background:
 
     def find(sample: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         pair = owner[sample] * span + key
-        inside = np.isin(pair, codes)
-        return np.searchsorted(codes, pair[inside]), sample[inside]
+        at = np.minimum(np.searchsorted(codes, pair), len(codes) - 1)
+        inside = codes[at] == pair if len(codes) else np.zeros(len(pair), dtype=bool)
+        return at[inside], sample[inside]
 
     feature, key = codes // span, codes % span
     held = find(*patterns.held(keys))

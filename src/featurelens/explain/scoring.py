@@ -60,14 +60,16 @@ def auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.ndar
     return float(_wins(np.asarray(scores, dtype=np.float64), y).mean())
 
 
-def balanced_accuracy(scores: Sequence[float], labels: Sequence[bool], threshold: float = 0.5) -> float:
+def balanced_accuracy(
+    scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.ndarray, threshold: float = 0.5
+) -> float:
     """Mean of the true-positive and true-negative rates of ``score > threshold`` (a missing class: 0.5)."""
     s = np.asarray(scores, dtype=np.float64) > threshold
     y = np.asarray(labels, dtype=bool)
-    rates = [
-        float((s[mask] == target).mean()) if mask.any() else 0.5 for mask, target in ((y, True), (~y, False))
-    ]
-    return float(np.mean(rates))
+    n_pos = int(y.sum())
+    true_positive = float(s[y].sum()) / n_pos if n_pos else 0.5
+    true_negative = float(len(y) - n_pos - s[~y].sum()) / (len(y) - n_pos) if n_pos < len(y) else 0.5
+    return (true_positive + true_negative) / 2
 
 
 def _percentile(ascending: np.ndarray, q: float) -> float:
@@ -78,13 +80,15 @@ def _percentile(ascending: np.ndarray, q: float) -> float:
     return float(ascending[low] + (ascending[high] - ascending[low]) * (at - low))
 
 
-def score(scores: Sequence[float], labels: Sequence[bool], seed: int = 0) -> Score:
+def score(scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.ndarray, seed: int = 0) -> Score:
     """Balanced accuracy, AUROC and its 95% bootstrap interval (:data:`BOOTSTRAP` resamples, all at once:
     a resample's AUROC is the pair-win matrix weighted by how often it drew each question)."""
-    area = auroc(scores, labels)
-    low = high = None
-    if area is not None:
-        s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
+    n_positive = int(y.sum())
+    area = low = high = None
+    if 0 < n_positive < len(y):
+        pair_wins = _wins(s, y)
+        area = float(pair_wins.mean())
         picks = np.random.default_rng(seed).integers(0, len(s), (BOOTSTRAP, len(s)))
         offsets = (picks + len(s) * np.arange(BOOTSTRAP)[:, None]).ravel()
         drawn = (
@@ -92,11 +96,11 @@ def score(scores: Sequence[float], labels: Sequence[bool], seed: int = 0) -> Sco
         )
         pos, neg = drawn[:, y], drawn[:, ~y]
         pairs = pos.sum(1) * neg.sum(1)
-        wins = ((pos @ _wins(s, y)) * neg).sum(1)
+        wins = ((pos @ pair_wins) * neg).sum(1)
         samples = np.sort(wins[pairs > 0] / pairs[pairs > 0])
         if len(samples):
             low, high = (_percentile(samples, q) for q in (2.5, 97.5))
-    return Score(balanced_accuracy(scores, labels), area, low, high, len(labels), int(sum(labels)))
+    return Score(balanced_accuracy(s, y), area, low, high, len(y), n_positive)
 
 
 class Pattern(NamedTuple):
@@ -205,7 +209,8 @@ def fuzzing_marks(
     free = valid & ~active
     keys[~free] = np.inf
     wanted = np.minimum(active.sum(1), free.sum(1))
-    decoys = (keys.argsort(1, kind="stable").argsort(1) < wanted[:, None]) & free
+    kth = np.sort(keys, axis=1)[np.arange(len(keys)), np.maximum(wanted - 1, 0)] if keys.size else keys[:, 0]
+    decoys = free & (keys <= kth[:, None]) & (wanted > 0)[:, None]  # the wanted smallest keys
     has_decoys = decoys.any(1)
     window = np.concatenate([np.arange(len(active)), np.flatnonzero(has_decoys)])
     order = np.argsort(window, kind="stable")  # each window's decoys right after its true question
@@ -286,8 +291,8 @@ def keyword_scores(
         rows = np.arange(bounds[i], bounds[i + 1])
         held, quiet = rows[activating[rows]], rows[silent[rows]]
         labels = [True] * len(held) + [False] * len(quiet)
-        detected = score(found[np.concatenate([held, quiet])].astype(float).tolist(), labels, seed)
+        detected = score(found[np.concatenate([held, quiet])], labels, seed)
         marks, fuzz_labels, which = fuzzing_marks(active[held], window[held] != PAD, seed)
         answers = marks.any(1) & ~(marks & ~hits[held][which]).any(1)
-        out.append((detected, score(answers.astype(float).tolist(), fuzz_labels.tolist(), seed)))
+        out.append((detected, score(answers, fuzz_labels, seed)))
     return out
