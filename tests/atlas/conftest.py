@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +21,26 @@ def magnitude(token: int) -> float:
     return 1.0 + token / 4  # exact in binary
 
 
-def plant(root: Path, tiny_model_dir: Path, tokens: np.ndarray | None = None) -> dict[str, Any]:
-    """A store where the activation of token t < 32 is magnitude(t) * e_t (others: -0.5 everywhere), and
-    a TopK k=1 dictionary with identity encoder and decoder: latent j fires exactly on token j.
-
-    ``tokens`` [n_seq, SEQ - 1] (ids < 48) sets the text; by default N_SEQ sequences of uniform tokens."""
+def plant(
+    root: Path,
+    tiny_model_dir: Path,
+    tokens: np.ndarray | None = None,
+    latent_of: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """A store where the activation of a row whose latent is j >= 0 is magnitude(j) * e_j (others: -0.5
+    everywhere), and a TopK k=1 dictionary with identity encoder and decoder: latent j fires exactly on
+    those rows. By default ``tokens`` [n_seq, SEQ - 1] are N_SEQ sequences of random ids below 48 and
+    ``latent_of`` (tokens of one sequence [SEQ - 1] -> latent per row, -1 for none) maps token t < 32 to
+    latent t."""
     if tokens is None:
         tokens = np.random.default_rng(0).integers(0, 48, size=(N_SEQ, SEQ - 1)).astype(np.int32)
     n_seq = len(tokens)
+    latents = np.stack([(latent_of or _own_token)(sequence) for sequence in tokens]).reshape(-1)
     flat = tokens.reshape(-1)
     acts = np.full((len(flat), WIDTH), -0.5, dtype=np.float32)
-    planted_rows = np.flatnonzero(flat < WIDTH)
+    planted_rows = np.flatnonzero(latents >= 0)
     acts[planted_rows] = 0.0
-    acts[planted_rows, flat[planted_rows]] = [magnitude(t) for t in flat[planted_rows]]
+    acts[planted_rows, latents[planted_rows]] = [magnitude(t) for t in latents[planted_rows]]
     positions = np.tile(np.arange(1, SEQ, dtype=np.int32), n_seq)
     manifest = {
         "format": FORMAT,
@@ -57,16 +65,21 @@ def plant(root: Path, tiny_model_dir: Path, tokens: np.ndarray | None = None) ->
     return {"root": root, "tokens": flat, "model": str(tiny_model_dir)}
 
 
+def _own_token(sequence: np.ndarray) -> np.ndarray:
+    return np.where(sequence < WIDTH, sequence, -1)
+
+
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Any]:
     return plant(tmp_path_factory.mktemp("planted"), tiny_model_dir)
 
 
-def planted_atlas(root: Path, tiny_model_dir: Path, settings: Any, tokens: np.ndarray | None = None) -> Path:
-    """The planted store and dictionary under ``root`` (text: ``tokens``), mapped into root/atlas.sqlite."""
+def planted_atlas(root: Path, tiny_model_dir: Path, settings: Any, **planting: Any) -> Path:
+    """The planted store and dictionary under ``root`` (``planting``: see :func:`plant`), mapped into
+    ``root/atlas.sqlite``."""
     from featurelens.atlas import AtlasJob, build_atlas
 
-    planted = plant(root, tiny_model_dir, tokens)
+    planted = plant(root, tiny_model_dir, **planting)
     out = root / "atlas.sqlite"
     build_atlas(
         AtlasJob(

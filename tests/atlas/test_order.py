@@ -32,7 +32,7 @@ SETTINGS = AtlasSettings(top_k=6, before=4, after=2, quantile_bins=4, per_bin=3,
 def atlases(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Path]:
     """The planted atlas twice: unexplained, and with the planted explanation scores."""
     root = tmp_path_factory.mktemp("order")
-    plain = planted_atlas(root, tiny_model_dir, SETTINGS, varied_tokens())
+    plain = planted_atlas(root, tiny_model_dir, SETTINGS, tokens=varied_tokens())
     explained = shutil.copy(plain, root / "explained.sqlite")
     plant_scores(explained)
     return {"plain": plain, "explained": explained}

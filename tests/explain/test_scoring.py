@@ -10,7 +10,7 @@ import pytest
 from featurelens.atlas import Context
 from featurelens.explain.client import ClientError
 from featurelens.explain.prompts import degenerate_reason, parse_explanation, render
-from featurelens.explain.scoring import auroc, balanced_accuracy, keywords, score
+from featurelens.explain.scoring import Pattern, auroc, balanced_accuracy, patterns, score
 from tests.explain.conftest import LOOP
 
 
@@ -70,7 +70,15 @@ def test_example_text_cannot_inject_markers_or_answers() -> None:
     text = render(context)
     assert text.count("<<") == 1 and text.count(">>") == 1 and text.endswith("<< ok>>")
     assert "Explanation:" not in text
-    assert keywords('fires on "Decimal", "enum" (often after "."); promotes "x"') == {"Decimal", "enum", "."}
+    old_style = 'fires on "Decimal", "enum" (often after "."); promotes "x"'  # "often after": no condition
+    assert patterns(old_style) == [Pattern("Decimal", None), Pattern("enum", None), Pattern(".", None)]
+    new_style = 'fires on "B" after "A", “"x”, any token after "(", "↵" after ":"; promotes "y"'
+    assert patterns(new_style) == [
+        Pattern("B", "A"),
+        Pattern('"x', None),
+        Pattern(None, "("),
+        Pattern("↵", ":"),
+    ]
 
 
 @pytest.mark.parametrize(

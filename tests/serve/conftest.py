@@ -176,7 +176,7 @@ def atlas_path(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -
 @pytest.fixture(scope="session")
 def ordered_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[str]:
     """An atlas whose recommended order is planted (tests.atlas.conftest: COUNTS, SCORES), served."""
-    out = planted_atlas(tmp_path_factory.mktemp("ordered"), tiny_model_dir, SETTINGS, varied_tokens())
+    out = planted_atlas(tmp_path_factory.mktemp("ordered"), tiny_model_dir, SETTINGS, tokens=varied_tokens())
     plant_scores(out)
     process, url = start_server(out)
     yield url

@@ -1,11 +1,12 @@
-"""Explanations stored in an atlas: the records, and a writer that adds them in place, one feature per
+"""Explanations stored in an atlas: the records, and a writer that adds them in place, a few features per
 transaction (so an interrupted `featurelens explain` keeps what it finished and the file stays an atlas)."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from dataclasses import astuple, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from featurelens.atlas.schema import EXPLANATIONS_DDL
@@ -73,25 +74,27 @@ class ExplanationWriter:
         rows = self._db.execute("SELECT feature FROM explanations WHERE method = ?", (method,))
         return {feature for (feature,) in rows}
 
-    def save(self, feature: int, explanations: list[Explanation], skips: dict[str, str]) -> None:
-        """Store one feature's explanations and skips (by method) and refresh its search text, atomically."""
+    def save(self, results: Sequence[tuple[int, list[Explanation], dict[str, str]]]) -> None:
+        """Store features' explanations and skips (by method), and refresh their search text, in one
+        transaction: each result is (feature, explanations, skips)."""
         marks = ", ".join("?" * len(COLUMNS))
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         with self._db:
-            self._db.executemany(
-                f"INSERT OR REPLACE INTO explanations ({', '.join(COLUMNS)}) VALUES ({marks})",
-                [astuple(e) for e in explanations],
-            )
-            for method in [e.method for e in explanations]:
-                self._db.execute(
-                    "DELETE FROM explanation_skips WHERE feature = ? AND method = ?", (feature, method)
+            for feature, explanations, skips in results:
+                self._db.executemany(
+                    f"INSERT OR REPLACE INTO explanations ({', '.join(COLUMNS)}) VALUES ({marks})",
+                    [tuple(getattr(e, name) for name in COLUMNS) for e in explanations],
                 )
-            self._db.executemany(
-                "INSERT OR REPLACE INTO explanation_skips VALUES (?, ?, ?, ?)",
-                [(feature, method, reason, now) for method, reason in skips.items()],
-            )
-            texts = [
-                text
-                for (text,) in self._db.execute("SELECT text FROM explanations WHERE feature = ?", (feature,))
-            ]
-            self._db.execute("UPDATE search SET explanations = ? WHERE rowid = ?", (" ".join(texts), feature))
+                self._db.executemany(
+                    "DELETE FROM explanation_skips WHERE feature = ? AND method = ?",
+                    [(feature, e.method) for e in explanations],
+                )
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO explanation_skips VALUES (?, ?, ?, ?)",
+                    [(feature, method, reason, now) for method, reason in skips.items()],
+                )
+                texts = self._db.execute("SELECT text FROM explanations WHERE feature = ?", (feature,))
+                self._db.execute(
+                    "UPDATE search SET explanations = ? WHERE rowid = ?",
+                    (" ".join(t for (t,) in texts), feature),
+                )

@@ -6,6 +6,7 @@ import json
 import math
 import re
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -13,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from featurelens.atlas.batch import Context, ExampleBatch, read_batch
 from featurelens.atlas.explanations import Explanation, read_explanations
-from featurelens.atlas.schema import BLOB_DTYPE, FORMAT, VERSION
+from featurelens.atlas.schema import FORMAT, VERSION
 from featurelens.errors import AtlasError
 
 TABLES = ("features", "examples", "tokens", "vocab", "token_effects", "neighbours")
@@ -29,25 +31,6 @@ SORTABLE = (
 )
 RECOMMENDED_MIN_COUNT = 10  # fewer firings leave too few examples to judge (or score) a feature by
 RECOMMENDED_DENSE_SHARE = 0.1  # the densest tenth of the features that fired: mostly punctuation, spaces
-
-
-@dataclass(frozen=True)
-class Context:
-    """A window of text around one row: token texts and ids with the feature's activation on each.
-
-    ``centre`` is the index of the example's row within the window; ``bin`` the quantile bin (0 = lowest
-    activations) of a quantile sample, else None.
-    """
-
-    kind: str
-    rank: int
-    bin: int | None
-    row: int
-    activation: float
-    token_ids: list[int]
-    tokens: list[str]
-    activations: list[float]
-    centre: int
 
 
 @dataclass(frozen=True)
@@ -201,41 +184,29 @@ class Atlas:
         )
 
     def _examples(self, feature: int) -> dict[str, list[Context]]:
-        found: dict[str, list[Context]] = {"top": [], "quantile": [], "negative": []}
-        rows = self._db.execute(
-            "SELECT kind, rank, bin, row, activation, first_row, last_row, activations FROM examples "
-            "WHERE feature = ? ORDER BY kind, rank",
-            (feature,),
-        ).fetchall()
-        for kind, rank, bin_, row, activation, first, last, blob in rows:
-            ids = [
-                t
-                for (t,) in self._db.execute(
-                    "SELECT token FROM tokens WHERE row BETWEEN ? AND ? ORDER BY row", (first, last)
-                )
-            ]
-            values = np.frombuffer(blob, BLOB_DTYPE).tolist() if blob is not None else [0.0] * len(ids)
-            values[row - first] = activation  # the exact value (the blob holds float16)
-            found[kind].append(
-                Context(kind, rank, bin_, row, activation, ids, self._texts(ids), values, row - first)
-            )
-        return found
+        return self.examples([feature]).contexts(0, self.vocab())
 
-    def _texts(self, ids: list[int]) -> list[str]:
-        marks = ",".join("?" * len(set(ids)))
-        texts = dict(
-            self._db.execute(f"SELECT token, text FROM vocab WHERE token IN ({marks})", list(set(ids)))
-        )
-        return [texts.get(i, f"<{i}>") for i in ids]
+    def examples(self, features: Sequence[int]) -> ExampleBatch:
+        """Every example of ``features`` as padded arrays, read in one query (for work on many features)."""
+        for feature in features:
+            self.check_id(feature)
+        return read_batch(self._db, self.token_stream(), features)
+
+    def token_stream(self) -> np.ndarray:
+        """[N] the token id of every mapped row, in stream order (read once)."""
+        if self._stream is None:
+            rows = self._db.execute("SELECT token FROM tokens ORDER BY row")
+            self._stream = np.fromiter((token for (token,) in rows), dtype=np.int64)
+        return self._stream
 
     def _token_effects(self, feature: int) -> dict[str, list[TokenScore]]:
         found: dict[str, list[TokenScore]] = {"output_top": [], "output_bottom": [], "input_top": []}
         rows = self._db.execute(
             "SELECT kind, token, value FROM token_effects WHERE feature = ? ORDER BY kind, rank", (feature,)
         ).fetchall()
-        texts = self._texts([token for _, token, _ in rows]) if rows else []
-        for (kind, token, value), text in zip(rows, texts, strict=True):
-            found[kind].append(TokenScore(token, text, value))
+        vocab = self.vocab()
+        for kind, token, value in rows:
+            found[kind].append(TokenScore(token, vocab.get(token, f"<{token}>"), value))
         return found
 
     def _neighbours(self, feature: int) -> dict[str, list[Neighbour]]:
@@ -332,10 +303,6 @@ class Atlas:
             (*parameters, limit, offset),
         )
         return [FeatureSummary(*row) for row in rows]
-
-    def token_counts(self) -> dict[int, int]:
-        """How often each token id occurs among the mapped tokens (the background for token lift)."""
-        return dict(self._db.execute("SELECT token, COUNT(*) FROM tokens GROUP BY token").fetchall())
 
     def vocab(self) -> dict[int, str]:
         """Decoded text of every token id the atlas mentions (read once)."""

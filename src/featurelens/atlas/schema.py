@@ -36,7 +36,8 @@ Tables (``row`` always means a row of ``tokens``: one token the dictionary saw, 
     explanations   feature, method  PRIMARY KEY (added by `featurelens explain`; method is ``baseline`` or
                                     the explainer, e.g. ``local:smollm2``)
                    model, text, scorer, detection_* and fuzzing_* (balanced_accuracy, auroc, auroc_low,
-                   auroc_high, n, n_positive), prompt_hash, seconds, created
+                   auroc_high, n, n_positive), prompt_hash (digest of what the explainer saw: an LLM's
+                   prompt, the baseline's shown examples), seconds, created
     explanation_skips  feature, method PRIMARY KEY; reason, created (retried by the next run)
 
 ``meta`` keys: format (``featurelens.atlas``), version, complete (true, written last), kind (``dictionary``

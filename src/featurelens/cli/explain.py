@@ -1,8 +1,9 @@
 """Explain the features of an atlas and score every explanation on held-out examples, against a baseline.
 
-Explainers: baseline (no language model: the tokens the feature fires on, by lift over their corpus
-frequency, plus the tokens it promotes), local (a transformers model; default the bundled SmolLM2) or openai
-(any OpenAI-compatible endpoint: vLLM, llama.cpp server, ollama, hosted APIs; key from --api-key-env).
+Explainers: baseline (no language model: the tokens the feature fires on, alone or after the token before
+them, chosen for the keyword scorer, plus the tokens it promotes), local (a transformers model; default
+the bundled SmolLM2) or openai (any OpenAI-compatible endpoint: vLLM, llama.cpp server, ollama, hosted
+APIs; key from --api-key-env).
 Scorers: detection (does a text make the feature fire?) and fuzzing (are the marked tokens the ones that
 fire?) on quantile samples the explainer never saw plus silent contexts, reported as balanced accuracy and
 AUROC with a bootstrap interval. The default scorer is keyword matching for the baseline (instant) and the

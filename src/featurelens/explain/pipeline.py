@@ -3,9 +3,11 @@
 Per feature: the explainer sees the top contexts and half of the quantile samples (every other one, so
 all activation levels); the scorers use the other half (activating) and the random silent contexts
 (non-activating), which the explainer never saw. The baseline explanation is made and scored on the same
-examples by the same scorer as the LLM's, so their scores compare. Features that already hold an
-explanation by every requested method are skipped; failures are recorded per feature and method, with the
-reason, and retried by the next run.
+examples by the same scorer as the LLM's, so their scores compare. Baselines are made :data:`BATCH`
+features at a time from their examples read in one query (and, by the keyword scorer, scored together);
+they are stored one transaction per batch, an LLM's explanations one feature at a time. Features that
+already hold an explanation by every requested method are skipped; failures are recorded per feature and
+method, with the reason, and retried by the next run.
 """
 
 from __future__ import annotations
@@ -19,11 +21,16 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from featurelens.atlas import Atlas, Context, Feature
+import numpy as np
+
+from featurelens.atlas import Atlas, Context
+from featurelens.atlas.batch import ExampleBatch
 from featurelens.atlas.explanations import Explanation, ExplanationWriter
+from featurelens.atlas.schema import EXAMPLE_KINDS
 from featurelens.errors import FeatureLensError
-from featurelens.explain.baseline import baseline_explanation
+from featurelens.explain.baseline import Background, baseline_explanations
 from featurelens.explain.client import (
     ClientError,
     EndpointClient,
@@ -32,9 +39,19 @@ from featurelens.explain.client import (
     ResponseCache,
 )
 from featurelens.explain.prompts import degenerate_reason, explain_messages, parse_explanation
-from featurelens.explain.scoring import Ask, Score, client_asker, detection, fuzzing, keyword_asker
+from featurelens.explain.scoring import (
+    Ask,
+    Score,
+    Words,
+    client_asker,
+    detection,
+    fuzzing,
+    keyword_asker,
+    keyword_scores,
+)
 
 EXPLAINERS = ("baseline", "local", "openai")
+BATCH = 256  # features whose baselines are made and keyword-scored together
 GIVE_UP_AFTER = 5  # an explainer that fails on every one of the first features is broken, not unlucky
 SCORERS = ("keyword", "local", "openai")
 
@@ -141,12 +158,32 @@ class _Examples:
     silent: list[Context]
 
 
-def split_examples(feature: Feature, n_shown: int) -> _Examples:
-    """Top contexts and even-ranked quantile samples for the explainer; the rest held out for scoring."""
+def _shown(is_top: Any, is_quantile: Any, rank: Any, n_shown: int) -> Any:
+    """The explainer sees the top ``n_shown`` contexts and the even-ranked quantile samples (on scalars or
+    arrays alike); the odd-ranked ones are held out for scoring."""
+    return (is_top & (rank < n_shown)) | (is_quantile & (rank % 2 == 0))
+
+
+def split_examples(contexts: dict[str, list[Context]], n_shown: int) -> _Examples:
+    """One feature's examples (by kind, in rank order) for the explainer and held out for scoring."""
     return _Examples(
-        shown=feature.top[:n_shown] + feature.quantiles[::2],
-        activating=feature.quantiles[1::2],
-        silent=feature.negatives,
+        shown=[
+            c
+            for c in contexts["top"] + contexts["quantile"]
+            if _shown(c.kind == "top", c.kind == "quantile", c.rank, n_shown)
+        ],
+        activating=[c for c in contexts["quantile"] if c.rank % 2 == 1],
+        silent=contexts["negative"],
+    )
+
+
+def split_rows(batch: ExampleBatch, n_shown: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`split_examples` on the rows of a batch: (shown, activating, silent) [E] masks."""
+    top, quantile = batch.kind == EXAMPLE_KINDS.index("top"), batch.kind == EXAMPLE_KINDS.index("quantile")
+    return (
+        _shown(top, quantile, batch.rank, n_shown),
+        quantile & (batch.rank % 2 == 1),
+        batch.kind == EXAMPLE_KINDS.index("negative"),
     )
 
 
@@ -169,14 +206,30 @@ def _explanation(
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class _Baseline:
+    """One feature's baseline explanation, made with the rest of its batch (keyword scores included)."""
+
+    feature: int
+    text: str
+    scores: tuple[Score, Score] | None
+    digest: str
+    seconds: float
+    skip: str | None
+    contexts: dict[str, list[Context]] | None
+
+
 class _Explainer:
-    """Everything one feature needs: the background statistics, the explainer client and the scorer."""
+    """Everything the features need: the corpus statistics, the explainer client and the scorer."""
 
     def __init__(self, atlas: Atlas, job: ExplainJob) -> None:
         self.atlas = atlas
         self.job = job
-        self.background = Counter(atlas.token_counts())
         self.vocab = atlas.vocab()
+        self.words = Words.of(self.vocab)
+        settings = atlas.meta.get("settings", {})
+        width = settings.get("before", 16) + 1 + settings.get("after", 4)
+        self.background = Background.of(self.words.tokens(atlas.token_stream()), self.words, width)
         cache_path = (
             Path(job.cache)
             if job.cache
@@ -197,81 +250,133 @@ class _Explainer:
         if isinstance(self.client, LocalClient):
             _ = self.client.lm  # load now: a model that cannot generate fails here, in one line
 
+    def _seed(self, feature: int) -> int:
+        return self.job.seed * 1_000_003 + feature
+
     def _scores(self, text: str, examples: _Examples, feature: int) -> tuple[Score, Score]:
-        seed = self.job.seed * 1_000_003 + feature
+        seed = self._seed(feature)
         return (
             detection(self.ask, text, examples.activating, examples.silent, seed),
             fuzzing(self.ask, text, examples.activating, seed),
         )
 
-    def run(self, feature_id: int) -> tuple[int, list[Explanation], dict[str, str]]:
-        feature = self.atlas.feature(feature_id)
-        examples = split_examples(feature, self.job.n_examples)
-        if not feature.top:
-            return feature_id, [], dict.fromkeys(self.methods, "never fired: no examples")
-        if not examples.activating or not examples.silent:
-            return feature_id, [], dict.fromkeys(self.methods, "no held-out activating or silent examples")
-        messages = explain_messages(examples.shown)
-        digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
+    def baselines(self, features: list[int]) -> list[_Baseline]:
+        """The baseline of each of ``features`` (sorted), made and (by keywords) scored all at once."""
+        started = time.perf_counter()
+        batch = self.atlas.examples(features)
+        shown, activating, silent = split_rows(batch, self.job.n_examples)
+        texts = baseline_explanations(batch, shown, self.words, self.background)
+        seeds = [self._seed(int(f)) for f in batch.features]
+        keyword = self.scorer_label == "keyword"
+        scores = keyword_scores(texts, batch, activating, silent, self.words, seeds) if keyword else None
+        seconds = (time.perf_counter() - started) / max(len(batch.features), 1)
+        bounds = batch.bounds()
+        found = []
+        for i, feature in enumerate(batch.features.tolist()):
+            rows = slice(bounds[i], bounds[i + 1])
+            skip = (
+                "never fired: no examples"
+                if not (batch.kind[rows] == EXAMPLE_KINDS.index("top")).any()
+                else "no held-out activating or silent examples"
+                if not (activating[rows].any() and silent[rows].any())
+                else None
+            )
+            seen = np.flatnonzero(shown[rows]) + bounds[i]
+            digest = hashlib.sha256(batch.tokens[seen].tobytes() + batch.activations[seen].tobytes())
+            needs_contexts = skip is None and (self.client is not None or not keyword)
+            found.append(
+                _Baseline(
+                    feature,
+                    texts[i],
+                    scores[i] if scores is not None else None,
+                    digest.hexdigest()[:16],
+                    seconds,
+                    skip,
+                    batch.contexts(i, self.vocab) if needs_contexts else None,
+                )
+            )
+        return found
+
+    def run(self, baseline: _Baseline) -> tuple[int, list[Explanation], dict[str, str]]:
+        feature_id = baseline.feature
+        if baseline.skip is not None:
+            return feature_id, [], dict.fromkeys(self.methods, baseline.skip)
         done: list[Explanation] = []
         skips: dict[str, str] = {}
+        examples = split_examples(baseline.contexts, self.job.n_examples) if baseline.contexts else None
         started = time.perf_counter()
-        text = baseline_explanation(feature, examples.shown, self.background, self.vocab)
         try:
-            scores = self._scores(text, examples, feature_id)
+            scores = baseline.scores
+            if scores is None:
+                assert examples is not None
+                scores = self._scores(baseline.text, examples, feature_id)
+            seconds = baseline.seconds + time.perf_counter() - started
             done.append(
                 _explanation(
                     feature_id,
                     "baseline",
                     "none",
-                    text,
+                    baseline.text,
                     self.scorer_label,
                     scores,
-                    digest,
-                    time.perf_counter() - started,
+                    baseline.digest,
+                    seconds,
                 )
             )
         except ClientError as error:
             skips["baseline"] = f"scorer failed: {error}"
         if self.client is not None:
-            started = time.perf_counter()
-            try:
-                best: tuple[float, str, tuple[Score, Score]] | None = None
-                rejected = ""
-                for attempt in range(self.job.candidates):
-                    prompt = (
-                        messages
-                        if attempt == 0
-                        else [
-                            *messages,
-                            {"role": "user", "content": f"Another, different explanation (#{attempt + 1})?"},
-                        ]
-                    )
-                    candidate = parse_explanation(self.client.generate(prompt, self.job.max_tokens))
-                    if reason := degenerate_reason(candidate):
-                        rejected = reason  # a loop, an echo or nothing: never stored as an explanation
-                        continue
-                    scores = self._scores(candidate, examples, feature_id)
-                    rank = scores[0].auroc if scores[0].auroc is not None else scores[0].balanced_accuracy
-                    if best is None or rank > best[0]:
-                        best = (rank, candidate, scores)
-                if best is None:
-                    raise ClientError(rejected)
-                done.append(
-                    _explanation(
-                        feature_id,
-                        self.client.name,
-                        self.client.name,
-                        best[1],
-                        self.scorer_label,
-                        best[2],
-                        digest,
-                        time.perf_counter() - started,
-                    )
-                )
-            except ClientError as error:
-                skips[self.client.name] = str(error)
+            assert examples is not None
+            self._explain_with_client(self.client, feature_id, examples, done, skips)
         return feature_id, done, skips
+
+    def _explain_with_client(
+        self,
+        client: LanguageModelClient,
+        feature_id: int,
+        examples: _Examples,
+        done: list[Explanation],
+        skips: dict[str, str],
+    ) -> None:
+        messages = explain_messages(examples.shown)
+        digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
+        started = time.perf_counter()
+        try:
+            best: tuple[float, str, tuple[Score, Score]] | None = None
+            rejected = ""
+            for attempt in range(self.job.candidates):
+                prompt = (
+                    messages
+                    if attempt == 0
+                    else [
+                        *messages,
+                        {"role": "user", "content": f"Another, different explanation (#{attempt + 1})?"},
+                    ]
+                )
+                candidate = parse_explanation(client.generate(prompt, self.job.max_tokens))
+                if reason := degenerate_reason(candidate):
+                    rejected = reason  # a loop, an echo or nothing: never stored as an explanation
+                    continue
+                scores = self._scores(candidate, examples, feature_id)
+                rank = scores[0].auroc if scores[0].auroc is not None else scores[0].balanced_accuracy
+                if best is None or rank > best[0]:
+                    best = (rank, candidate, scores)
+            if best is None:
+                raise ClientError(rejected)
+            done.append(
+                _explanation(
+                    feature_id,
+                    client.name,
+                    client.name,
+                    best[1],
+                    self.scorer_label,
+                    best[2],
+                    digest,
+                    time.perf_counter() - started,
+                )
+            )
+        except ClientError as error:
+            skips[client.name] = str(error)
 
 
 def explain_atlas(job: ExplainJob, on_feature: Callable[[int, int], None] | None = None) -> ExplainSummary:
@@ -294,13 +399,20 @@ def explain_atlas(job: ExplainJob, on_feature: Callable[[int, int], None] | None
                 if explainer.client is None or isinstance(explainer.client, LocalClient)
                 else job.concurrency
             )
-            for index, (feature, explanations, skips) in enumerate(_map(explainer.run, todo, workers)):
-                writer.save(feature, explanations, skips)
-                _tally(summary, explanations, skips)
-                if index + 1 == GIVE_UP_AFTER:
-                    _check_working(summary, explainer)
-                if on_feature is not None:
-                    on_feature(index + 1, len(todo))
+            done = 0
+            for first in range(0, len(todo), BATCH):
+                # one transaction per batch of baselines; an LLM's features are stored one by one
+                together = explainer.client is None
+                results = _map(explainer.run, explainer.baselines(todo[first : first + BATCH]), workers)
+                for group in [list(results)] if together else ([result] for result in results):
+                    writer.save(group)
+                    for _, explanations, skips in group:
+                        _tally(summary, explanations, skips)
+                        done += 1
+                        if done == GIVE_UP_AFTER:
+                            _check_working(summary, explainer)
+                        if on_feature is not None:
+                            on_feature(done, len(todo))
     finally:
         writer.close()
     summary.seconds = time.perf_counter() - started
@@ -318,7 +430,9 @@ def _check_working(summary: ExplainSummary, explainer: _Explainer) -> None:
 
 
 def _map(
-    run: Callable[[int], tuple[int, list[Explanation], dict[str, str]]], todo: list[int], workers: int
+    run: Callable[[_Baseline], tuple[int, list[Explanation], dict[str, str]]],
+    todo: list[_Baseline],
+    workers: int,
 ) -> Iterator[tuple[int, list[Explanation], dict[str, str]]]:
     if workers == 1:
         yield from map(run, todo)
