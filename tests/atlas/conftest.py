@@ -140,5 +140,5 @@ def plant_scores(atlas: Path) -> None:
             0,
             "",
         )
-        writer.save(feature, [explanation], {})
+        writer.save([(feature, [explanation], {})])
     writer.close()
