@@ -33,6 +33,7 @@ from featurelens.explain.client import (
 )
 from featurelens.explain.prompts import degenerate_reason, explain_messages, parse_explanation
 from featurelens.explain.scoring import Ask, Score, client_asker, detection, fuzzing, keyword_asker
+from featurelens.paths import edited
 
 EXPLAINERS = ("baseline", "local", "openai")
 GIVE_UP_AFTER = 5  # an explainer that fails on every one of the first features is broken, not unlucky
@@ -275,34 +276,36 @@ class _Explainer:
 
 
 def explain_atlas(job: ExplainJob, on_feature: Callable[[int, int], None] | None = None) -> ExplainSummary:
-    """Explain ``job.features`` of ``job.atlas`` (only what is missing) and store the results in it.
+    """Explain ``job.features`` of ``job.atlas`` (only what is missing) and store the results in it (an
+    atlas at a URL is edited in a local copy, uploaded back when the run ends, finished or not).
 
     ``on_feature(done, total)`` is called after each feature (for progress bars).
     """
     started = time.perf_counter()
-    writer = ExplanationWriter(Path(job.atlas))
-    summary = ExplainSummary()
-    try:
-        with Atlas.open(job.atlas) as atlas:
-            explainer = _Explainer(atlas, job)
-            wanted = select_features(atlas, job.features, job.seed)
-            finished = set.intersection(*(writer.done(method) for method in explainer.methods))
-            todo = [f for f in wanted if f not in finished]
-            summary.features, summary.already_done = len(wanted), len(wanted) - len(todo)
-            workers = (
-                1
-                if explainer.client is None or isinstance(explainer.client, LocalClient)
-                else job.concurrency
-            )
-            for index, (feature, explanations, skips) in enumerate(_map(explainer.run, todo, workers)):
-                writer.save(feature, explanations, skips)
-                _tally(summary, explanations, skips)
-                if index + 1 == GIVE_UP_AFTER:
-                    _check_working(summary, explainer)
-                if on_feature is not None:
-                    on_feature(index + 1, len(todo))
-    finally:
-        writer.close()
+    with edited(job.atlas) as path:  # a remote atlas: a local copy, uploaded back at the end
+        writer = ExplanationWriter(path)
+        summary = ExplainSummary()
+        try:
+            with Atlas.open(path) as atlas:
+                explainer = _Explainer(atlas, job)
+                wanted = select_features(atlas, job.features, job.seed)
+                finished = set.intersection(*(writer.done(method) for method in explainer.methods))
+                todo = [f for f in wanted if f not in finished]
+                summary.features, summary.already_done = len(wanted), len(wanted) - len(todo)
+                workers = (
+                    1
+                    if explainer.client is None or isinstance(explainer.client, LocalClient)
+                    else job.concurrency
+                )
+                for index, (feature, explanations, skips) in enumerate(_map(explainer.run, todo, workers)):
+                    writer.save(feature, explanations, skips)
+                    _tally(summary, explanations, skips)
+                    if index + 1 == GIVE_UP_AFTER:
+                        _check_working(summary, explainer)
+                    if on_feature is not None:
+                        on_feature(index + 1, len(todo))
+        finally:
+            writer.close()
     summary.seconds = time.perf_counter() - started
     return summary
 
