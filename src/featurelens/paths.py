@@ -256,6 +256,12 @@ def upload(local: Path, remote: RemotePath, last: Collection[str] = ()) -> None:
         upload_file(file, remote / file.relative_to(local).as_posix())
 
 
+def uploaded_path(remote: RemotePath, staging: Path, written: Path) -> RemotePath:
+    """Where ``written``, in ``staging``, lands once ``staging`` is uploaded to ``remote``."""
+    inside = written.relative_to(staging).as_posix()
+    return remote if inside == "." else remote / inside
+
+
 @contextmanager
 def staged_output(path: str | Path, last: Collection[str] = (), *, keep: bool = False) -> Iterator[Path]:
     """The local path to write ``path`` at: for a local ``path`` the path itself, nothing else done.

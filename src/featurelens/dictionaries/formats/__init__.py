@@ -24,7 +24,7 @@ from featurelens.dictionaries.formats import saelens, sparsify
 from featurelens.dictionaries.formats import safetensors as featurelens_format
 from featurelens.dictionaries.formats.saelens import load_saelens
 from featurelens.dictionaries.formats.sparsify import load_sparsify, load_sparsify_checkpoint
-from featurelens.paths import RemotePath, location, readable, staged_output
+from featurelens.paths import RemotePath, location, readable, staged_output, uploaded_path
 
 __all__ = [
     "FORMATS",
@@ -141,7 +141,4 @@ def save_dictionary_folder(
     with staged_output(path, last=(featurelens_format.CONFIG, saelens.CONFIG)) as local:
         written = savers[format](dictionary, local)
     target = location(path)
-    if isinstance(target, Path):
-        return written
-    inside = written.relative_to(local).as_posix()
-    return target if inside == "." else target / inside
+    return written if isinstance(target, Path) else uploaded_path(target, local, written)
