@@ -287,8 +287,8 @@ def staged_training(
     @wraps(fit)
     def run(job: Job, *args: Args.args, **kwargs: Args.kwargs) -> list[SavedDictionary]:
         target = location(job.out)
-        if isinstance(target, Path):
-            return fit(job, *args, **kwargs)
+        if isinstance(target, Path):  # a file:// URL becomes its path
+            return fit(dataclasses.replace(job, out=str(target)), *args, **kwargs)
         if target.exists() and not job.overwrite:
             raise DictionaryError(f"{target} already exists; pass --overwrite to train again")
         with staged_output(job.out, last=(CONFIG, TRAINING), keep=job.resume) as local:
