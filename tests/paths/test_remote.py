@@ -207,3 +207,24 @@ def test_a_protocol_without_its_backend_is_one_line_naming_the_package() -> None
         pytest.skip("s3fs is installed here")
     with pytest.raises(RemotePathError, match=r"^s3:// needs the s3fs package: pip install s3fs$"):
         fl.ActivationStore.open("s3://bucket/acts")
+
+
+def test_explaining_a_remote_atlas_uploads_the_explanations(
+    tmp_path: Path, tiny_model_dir: Path, bucket: str
+) -> None:
+    from featurelens.explain import ExplainJob, explain_atlas
+
+    planted = plant(tmp_path, tiny_model_dir)
+    local = tmp_path / "atlas.sqlite"
+    build_atlas(
+        AtlasJob(str(tmp_path / "sae"), str(local), acts=str(tmp_path / "acts"), model=planted["model"])
+    )
+    MEMORY.put_file(str(local), f"/{bucket[9:]}/atlas.sqlite")
+    first = explain_atlas(ExplainJob(f"{bucket}/atlas.sqlite", features="3-8"))
+    again = explain_atlas(ExplainJob(f"{bucket}/atlas.sqlite", features="3-8"))  # a new run sees the upload
+    assert (first.already_done, again.already_done) == (0, 6)
+    explain_atlas(ExplainJob(str(local), features="3-8"))
+    with Atlas.open(local) as expected, Atlas.open(f"{bucket}/atlas.sqlite") as atlas:
+        for feature in range(3, 9):
+            texts = [e.text for e in atlas.feature(feature).explanations]
+            assert texts and texts == [e.text for e in expected.feature(feature).explanations]
