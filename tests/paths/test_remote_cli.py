@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,16 @@ def test_capture_train_atlas_and_show_take_file_urls(tiny_model_dir: Path, tmp_p
         assert len(opened) == 64 and opened.meta["acts"] == str(tmp_path / "acts")
     stored = fl.ActivationStore.open(tmp_path / "acts")
     assert stored.n_tokens == np.asarray(stored.activations(HOOK)).shape[0] > 2000
+    local_only = (  # local paths and file:// URLs never import fsspec: no overhead on the local path
+        "import sys, featurelens as fl\n"
+        f"store = fl.ActivationStore.open({url + '/acts'!r})\n"
+        f"assert sum(len(b) for b in store.iter_batches({HOOK!r}, 256)) == store.n_tokens\n"
+        f"fl.Dictionary.load({url + '/sae'!r}).encode(next(store.iter_batches({HOOK!r}, 9)))\n"
+        f"fl.Atlas.open({url + '/atlas.sqlite'!r}).feature(0)\n"
+        "print('fsspec' in sys.modules, type(store.activations(" + repr(HOOK) + ")._shards[0]).__name__)"
+    )
+    result = subprocess.run([sys.executable, "-c", local_only], capture_output=True, text=True, timeout=300)
+    assert result.stdout.split() == ["False", "memmap"], result.stderr
 
 
 @pytest.mark.skipif(importlib.util.find_spec("s3fs") is not None, reason="s3fs is installed here")
