@@ -30,6 +30,7 @@ from featurelens.dictionaries.identity import IdentityDictionary
 from featurelens.errors import AtlasError
 from featurelens.models import LanguageModel, load_model
 from featurelens.models.loading import resolve_device
+from featurelens.paths import RemotePath, describe, location, readable, staged_output
 from featurelens.training.from_store import read_training
 
 NEURONS = re.compile(r"^layers\.\d+\.mlp_neurons$")
@@ -81,7 +82,7 @@ class AtlasJob:
 class AtlasSummary:
     """What a build did: the file, how many features and tokens, where the activations came from."""
 
-    path: Path
+    path: Path | RemotePath
     features: int
     tokens: int
     source: str
@@ -102,9 +103,9 @@ class _Plan:
 
 def _dictionary(job: AtlasJob) -> tuple[Dictionary | None, dict[str, Any]]:
     """The dictionary and its training.json; (None, {}) for neurons, which need the model first."""
-    path = Path(job.dictionary)
-    if not path.exists() and NEURONS.match(job.dictionary):
+    if NEURONS.match(job.dictionary) and not location(job.dictionary).exists():
         return None, {}
+    path = readable(job.dictionary)  # a local copy of a remote folder, with its training.json
     if not path.exists():
         raise AtlasError(
             f"{path} does not exist; give a dictionary folder or a neuron hook such as layers.3.mlp_neurons"
@@ -121,7 +122,7 @@ def _store(job: AtlasJob, training: dict[str, Any], hook: str) -> ActivationStor
         store.activations(hook)  # an unknown hook fails here with the store's list
         return store
     acts = training.get("acts")
-    if acts is None or read_manifest(Path(acts)) is None:
+    if acts is None or read_manifest(location(acts)) is None:
         return None
     store = ActivationStore.open(acts)
     return store if hook in store.hooks else None
@@ -189,7 +190,7 @@ def build_atlas(job: AtlasJob, on_tokens: Callable[[int, int], None] | None = No
     ``on_tokens(n, expected)`` is called after each chunk of n rows with the expected total of rows
     (for progress bars), and once more at the end with n = 0 and the exact total.
     """
-    out = Path(job.out)
+    out = location(job.out)
     if out.exists() and not job.overwrite:
         raise AtlasError(f"{out} already exists; pass --overwrite to replace it")
     started = time.perf_counter()
@@ -216,7 +217,8 @@ def build_atlas(job: AtlasJob, on_tokens: Callable[[int, int], None] | None = No
     contents = _contents(
         job, plan, accumulator, np.concatenate(tokens), np.concatenate(positions), np.concatenate(sequences)
     )
-    write_atlas(out, contents)
+    with staged_output(job.out) as local:
+        write_atlas(local, contents)
     return AtlasSummary(
         out, dictionary.d_latent, accumulator.rows, contents.meta["source"], time.perf_counter() - started
     )
@@ -263,7 +265,7 @@ def _meta(
     from featurelens import __version__
 
     dictionary = plan.dictionary
-    folder = Path(job.dictionary)
+    folder = readable(job.dictionary)
     evaluation_file = folder / "evaluation.json"
     evaluation = json.loads(evaluation_file.read_text()) if evaluation_file.is_file() else None
     if dictionary.hook_out == "final_norm":
@@ -274,7 +276,7 @@ def _meta(
         output_note = "none: the dictionary does not write to a model-width hook, or the model has no head"
     return {
         "kind": plan.kind,
-        "dictionary": str(folder.resolve()) if folder.exists() else job.dictionary,
+        "dictionary": describe(location(job.dictionary)) if folder.exists() else job.dictionary,
         "arch": dictionary.arch,
         "hook_in": dictionary.hook_in,
         "hook_out": dictionary.hook_out,
@@ -284,7 +286,7 @@ def _meta(
         "corpus": asdict(plan.corpus),
         "seq_len": plan.seq_len,
         "source": "store" if plan.store is not None else "live",
-        "acts": str(plan.store.path.resolve()) if plan.store is not None else None,
+        "acts": describe(plan.store.path) if plan.store is not None else None,
         "tokens": accumulator.rows,
         "tokens_requested": job.tokens,
         "max_norm": plan.max_norm,

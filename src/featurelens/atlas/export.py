@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -13,22 +14,31 @@ import pyarrow.parquet as pq
 
 from featurelens.atlas.reader import TABLES, Atlas
 from featurelens.atlas.schema import BLOB_DTYPE
+from featurelens.paths import RemotePath, location, staged_output
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
-def is_atlas_file(path: Path) -> bool:
-    """True when ``path`` is an SQLite file (an atlas, or something that will be refused as one)."""
+def is_atlas_file(path: str | Path | RemotePath) -> bool:
+    """True when ``path`` (a file or URL) is an SQLite file (an atlas, or something refused as one)."""
+    path = location(path)
     if not path.is_file():
         return False
     with path.open("rb") as handle:
-        return handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+        return bool(handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC)
 
 
-def export_parquet(path: Path, out: Path | None) -> Path:
+def export_parquet(path: str | Path | RemotePath, out: str | Path | None) -> Path | RemotePath:
     """Write ``<table>.parquet`` for every atlas table plus ``meta.json`` into ``out`` (default: next to
-    the atlas, ``NAME.parquet/``); the folder appears only when complete. Returns it."""
-    out = out or path.with_suffix(".parquet")
+    the atlas, ``NAME.parquet/``); the folder appears only when complete (``meta.json`` uploaded last to
+    a URL). Returns it."""
+    target = location(out or re.sub(r"\.[^./]*$", "", str(path)) + ".parquet")
+    with staged_output(str(target), last=("meta.json",)) as local:
+        _export(path, local)
+    return target
+
+
+def _export(path: str | Path | RemotePath, out: Path) -> None:
     temporary = out.with_name(f".{out.name}.partial")
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
@@ -47,4 +57,3 @@ def export_parquet(path: Path, out: Path | None) -> Path:
     if out.exists():
         shutil.rmtree(out)
     os.replace(temporary, out)
-    return out

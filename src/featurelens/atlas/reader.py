@@ -18,6 +18,7 @@ from featurelens.atlas.batch import Context, ExampleBatch, read_batch
 from featurelens.atlas.explanations import Explanation, read_explanations
 from featurelens.atlas.schema import FORMAT, VERSION
 from featurelens.errors import AtlasError
+from featurelens.paths import RemotePath, location, readable
 
 TABLES = ("features", "examples", "tokens", "vocab", "token_effects", "neighbours")
 SORTABLE = (
@@ -101,11 +102,16 @@ class Atlas:
         self._densities: np.ndarray | None = None
 
     @classmethod
-    def open(cls, path: str | Path) -> Atlas:
-        """Open ``path``; anything that is not a complete featurelens atlas raises :class:`AtlasError`."""
-        path = Path(path)
-        if not path.is_file():
-            raise AtlasError(f"{path} does not exist or is not a file; build one with `featurelens atlas`")
+    def open(cls, path: str | Path | RemotePath) -> Atlas:
+        """Open ``path``; anything that is not a complete featurelens atlas raises :class:`AtlasError`.
+
+        ``path`` may be an fsspec URL: SQLite cannot read a remote file, so the atlas is downloaded to the
+        local cache (once per version of the file) and opened there; ``atlas.path`` is that local copy.
+        """
+        source = location(path)
+        if not source.is_file():
+            raise AtlasError(f"{source} does not exist or is not a file; build one with `featurelens atlas`")
+        path = readable(source)
         try:
             connection = sqlite3.connect(
                 f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
@@ -113,14 +119,16 @@ class Atlas:
             rows = connection.execute("SELECT key, value FROM meta").fetchall()
             meta = {key: json.loads(value) for key, value in rows}
         except (sqlite3.DatabaseError, json.JSONDecodeError) as error:
-            raise AtlasError(f"{path} is not a featurelens atlas ({error})") from None
+            raise AtlasError(f"{source} is not a featurelens atlas ({error})") from None
         if meta.get("format") != FORMAT or not meta.get("complete"):
             connection.close()
-            raise AtlasError(f"{path} is not a complete featurelens atlas (no {FORMAT} meta, or unfinished)")
+            raise AtlasError(
+                f"{source} is not a complete featurelens atlas (no {FORMAT} meta, or unfinished)"
+            )
         if meta.get("version") != VERSION:
             connection.close()
             raise AtlasError(
-                f"{path} is atlas version {meta.get('version')}; this featurelens reads {VERSION}"
+                f"{source} is atlas version {meta.get('version')}; this featurelens reads {VERSION}"
             )
         return cls(path, connection, meta)
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import platform
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import chain, islice
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +28,7 @@ from featurelens.capture.store import (
 from featurelens.corpus import CorpusConfig, PackedSequence, documents, pack_sequences
 from featurelens.errors import StoreError
 from featurelens.models import LanguageModel, load_model
+from featurelens.paths import location, remove
 
 # Options that do not change what is stored: a resumed run may change them freely.
 _RUNTIME_OPTIONS = ("out", "device", "batch_size", "rank", "world_size", "resume", "overwrite")
@@ -108,7 +107,7 @@ class CaptureResult:
 
 def _prepare_output(config: CaptureConfig) -> None:
     """Refuse to clobber: a foreign folder, a different capture, or a finished one without --overwrite."""
-    out = Path(config.out)
+    out = location(config.out)
     if not out.exists():
         return
     if not out.is_dir():
@@ -122,8 +121,8 @@ def _prepare_output(config: CaptureConfig) -> None:
         return
     same = existing.get("config") == json_roundtrip(config.identity())
     if config.overwrite:
-        shutil.rmtree(out / "shards", ignore_errors=True)
-        (out / "manifest.json").unlink()
+        remove(out / "shards")
+        remove(out / "manifest.json")
     elif not same:
         diff = sorted(
             k
@@ -260,7 +259,7 @@ def run_capture(
     first = next(shards, None)  # an empty corpus fails here, before anything is written
     if first is None:
         raise StoreError(f"the corpus holds fewer than seq_len={config.seq_len} tokens; nothing was captured")
-    writer = StoreWriter(Path(config.out), _manifest(config, lm, widths))
+    writer = StoreWriter(location(config.out), _manifest(config, lm, widths))
     distributed.barrier()  # no rank starts before every rank's model has loaded
     started = time.perf_counter()
     written = skipped = tokens_run = n_shards = 0

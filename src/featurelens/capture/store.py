@@ -12,6 +12,11 @@ Layout of a store folder::
 Shard ``i`` holds packed sequences ``[i * S, (i + 1) * S)``, so a shard's content depends only on its
 index: writers (resumed runs, or several ranks each taking ``i % world_size``) fill disjoint shards.
 Each shard is written into a temporary folder and renamed into place, so a shard folder that exists is whole.
+
+A store may also live at an fsspec URL (``s3://bucket/acts``, see :mod:`featurelens.paths`). Local shards are
+memory-mapped in place; remote shards are downloaded to the local cache when first read, one shard file at a
+time, and memory-mapped there. A remote shard is written locally and uploaded file by file, ``tokens.npy``
+last: a shard is whole when its ``tokens.npy`` exists (locally too: the folder is renamed into place whole).
 """
 
 from __future__ import annotations
@@ -20,15 +25,24 @@ import errno
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
 
 from featurelens.errors import StoreError
+from featurelens.paths import (
+    RemotePath,
+    RemotePathError,
+    cache_dir,
+    cached_file,
+    location,
+    upload,
+    write_bytes,
+)
 
 FORMAT = "featurelens.activations"
 FORMAT_VERSION = 1
@@ -40,11 +54,20 @@ def shard_name(index: int) -> str:
     return f"{index:06d}"
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+def write_json_atomic(path: Path | RemotePath, payload: dict[str, Any]) -> None:
     """Write ``payload`` next to ``path`` and rename it into place, so readers never see half a file."""
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    if isinstance(path, RemotePath):
+        write_bytes(path, text.encode())
+        return
     staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    staging.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    staging.write_text(text)
     os.replace(staging, path)
+
+
+def open_shard_file(file: Path | RemotePath) -> np.ndarray:
+    """One ``.npy`` file of a shard, memory-mapped (a remote one from its cached copy)."""
+    return np.load(cached_file(file) if isinstance(file, RemotePath) else file, mmap_mode="r")
 
 
 def to_storage(acts: torch.Tensor, dtype: str) -> np.ndarray:
@@ -66,10 +89,12 @@ class ShardedArray:
     Integer, slice and integer-array row indexing are supported; bfloat16 rows come back as float32.
     """
 
-    def __init__(self, shards: list[np.ndarray], dtype: str) -> None:
+    def __init__(
+        self, shards: Sequence[np.ndarray], dtype: str, lengths: Sequence[int] | None = None
+    ) -> None:
         self._shards = shards
         self.stored_dtype = dtype
-        self._offsets = np.cumsum([0, *(len(s) for s in shards)])
+        self._offsets = np.cumsum([0, *(lengths if lengths is not None else (len(s) for s in shards))])
         width = shards[0].shape[1:] if shards else (0,)
         self.shape = (int(self._offsets[-1]), *width)
 
@@ -117,18 +142,48 @@ class ShardRows:
     norms: dict[str, np.ndarray]
 
 
-class ActivationStore:
-    """A finished capture on disk. Open with :meth:`open`; everything is memory-mapped, nothing loaded."""
+class _CachedShards(Sequence[np.ndarray]):
+    """The shard files of a remote store, each downloaded and memory-mapped when first indexed."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+    def __init__(
+        self, files: Sequence[Path | RemotePath], open_file: Callable[[Path | RemotePath], np.ndarray]
+    ) -> None:
+        self._files = files
+        self._open_file = open_file
+        self._opened: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[np.ndarray]: ...
+
+    def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        index = range(len(self))[index]
+        if index not in self._opened:
+            self._opened[index] = self._open_file(self._files[index])
+        return self._opened[index]
+
+
+class ActivationStore:
+    """A finished capture on disk or at a URL. Open with :meth:`open`; shards are memory-mapped, not loaded
+    (those of a remote store are first downloaded to the local cache, each when first read)."""
+
+    def __init__(self, path: Path | RemotePath, manifest: dict[str, Any]) -> None:
         self.path = path
         self.manifest = manifest
         self._shard_dirs = [path / "shards" / shard_name(s["index"]) for s in manifest["shards"]]
 
     @classmethod
-    def open(cls, path: str | Path) -> ActivationStore:
-        """Open a complete store; an incomplete or foreign folder raises :class:`StoreError`."""
-        path = Path(path)
+    def open(cls, path: str | Path | RemotePath) -> ActivationStore:
+        """Open a complete store (a folder or an fsspec URL); an incomplete or foreign one raises
+        :class:`StoreError`."""
+        path = location(path)
         manifest = read_manifest(path)
         if manifest is None:
             raise StoreError(f"{path} is not an activation store (no {FORMAT} manifest.json)")
@@ -146,11 +201,22 @@ class ActivationStore:
     def n_tokens(self) -> int:
         return int(self.manifest["n_rows"])
 
-    def _load(self, filename: str) -> list[np.ndarray]:
+    @property
+    def shard_rows(self) -> list[int]:
+        """Number of rows of each shard, from the manifest."""
+        return [int(s["n_rows"]) for s in self.manifest["shards"]]
+
+    def _open_file(self, file: Path | RemotePath) -> np.ndarray:
         try:
-            return [np.load(d / filename, mmap_mode="r") for d in self._shard_dirs]
-        except (OSError, ValueError) as error:
-            raise StoreError(f"store {self.path} is damaged: cannot read {filename} ({error})") from error
+            return open_shard_file(file)
+        except (OSError, ValueError, RemotePathError) as error:
+            raise StoreError(f"store {self.path} is damaged: cannot read {file.name} ({error})") from error
+
+    def _load(self, filename: str) -> Sequence[np.ndarray]:
+        """Every shard's ``filename``; a remote store's shards are fetched only when indexed."""
+        if isinstance(self.path, RemotePath):
+            return _CachedShards([d / filename for d in self._shard_dirs], self._open_file)
+        return [self._open_file(d / filename) for d in self._shard_dirs]
 
     def _check_hook(self, hook: str) -> None:
         if hook not in self.manifest["hooks"]:
@@ -178,7 +244,7 @@ class ActivationStore:
     def activations(self, hook: str) -> ShardedArray:
         """Memory-mapped activations of ``hook``, [n_tokens, width]."""
         self._check_hook(hook)
-        return ShardedArray(self._load(f"{hook}.npy"), self.manifest["dtype"])
+        return ShardedArray(self._load(f"{hook}.npy"), self.manifest["dtype"], self.shard_rows)
 
     def norms(self, hook: str) -> np.ndarray:
         """L2 norm of every row of ``hook``, float32 [n_tokens]."""
@@ -230,7 +296,7 @@ class ActivationStore:
             raise StoreError(f"row range {start}:{stop} is outside the store's {self.n_tokens} rows")
         rng = np.random.default_rng(seed)
         shards = [self._load(f"{hook}.npy") for hook in hooks]
-        lengths = [len(shard) for shard in shards[0]]
+        lengths = self.shard_rows
         pieces = _pieces(lengths, start, stop)
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         order = rng.permutation(len(pieces)) if shuffle else np.arange(len(pieces))
@@ -285,7 +351,7 @@ def _pieces(lengths: list[int], start: int, stop: int) -> list[tuple[int, int, i
     return pieces
 
 
-def read_manifest(path: Path) -> dict[str, Any] | None:
+def read_manifest(path: Path | RemotePath) -> dict[str, Any] | None:
     """The store manifest in ``path``, or None when there is none (a damaged one raises)."""
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
@@ -300,21 +366,26 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
 
 
 class StoreWriter:
-    """Writes shards of one capture into ``path``; the manifest says ``complete`` only at :meth:`finish`."""
+    """Writes shards of one capture into ``path`` (a folder or a :class:`RemotePath`); the manifest says
+    ``complete`` only at :meth:`finish`."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, path: Path | RemotePath, manifest: dict[str, Any]) -> None:
         self.path = path
         self.manifest = {**manifest, "complete": False}
-        (path / "shards").mkdir(parents=True, exist_ok=True)
+        if isinstance(path, Path):
+            (path / "shards").mkdir(parents=True, exist_ok=True)
         write_json_atomic(path / "manifest.json", self.manifest)
 
     def has_shard(self, index: int) -> bool:
-        return (self.path / "shards" / shard_name(index)).is_dir()
+        return (self.path / "shards" / shard_name(index) / "tokens.npy").is_file()
 
     def write_shard(self, index: int, rows: ShardRows) -> None:
-        """Write one shard to a temporary folder, then rename it into place."""
+        """Write one shard to a temporary folder, then rename it into place (or upload it, tokens last)."""
         final = self.path / "shards" / shard_name(index)
-        staging = final.with_name(f".tmp-{shard_name(index)}-{os.getpid()}")
+        if isinstance(final, Path):
+            staging = final.with_name(f".tmp-{shard_name(index)}-{os.getpid()}")
+        else:
+            staging = cache_dir() / "staging" / f"shard-{shard_name(index)}-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         try:
             staging.mkdir(parents=True)
@@ -323,7 +394,11 @@ class StoreWriter:
             for hook, acts in rows.activations.items():
                 np.save(staging / f"{hook}.npy", acts)
                 np.save(staging / f"{hook}.norm.npy", rows.norms[hook].astype(np.float32))
-            os.replace(staging, final)
+            if isinstance(final, Path):
+                os.replace(staging, final)
+            else:
+                upload(staging, final, last=("tokens.npy",))
+                shutil.rmtree(staging)
         except OSError as error:
             shutil.rmtree(staging, ignore_errors=True)
             if error.errno == errno.ENOSPC:
@@ -341,8 +416,7 @@ class StoreWriter:
             return None
         shard_dirs = [self.path / "shards" / shard_name(i) for i in range(n_shards)]
         shards = [
-            {"index": i, "n_rows": len(np.load(d / "tokens.npy", mmap_mode="r"))}
-            for i, d in enumerate(shard_dirs)
+            {"index": i, "n_rows": len(open_shard_file(d / "tokens.npy"))} for i, d in enumerate(shard_dirs)
         ]
         draft = {**self.manifest, "shards": shards, "n_rows": sum(s["n_rows"] for s in shards)}
         store = ActivationStore(self.path, draft)

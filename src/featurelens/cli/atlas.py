@@ -21,7 +21,6 @@ examples:
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from rich.console import Console
 
@@ -62,8 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export", choices=["parquet"], help="also write the atlas as Parquet tables")
 
 
-def default_out(path: str) -> Path:
-    return Path(f"{path.rstrip('/')}.atlas.sqlite")
+def default_out(path: str) -> str:
+    return f"{path.rstrip('/')}.atlas.sqlite"
 
 
 def build_with_progress(job: AtlasJob, console: Console) -> AtlasSummary:
@@ -83,10 +82,10 @@ def print_summary(summary: AtlasSummary, console: Console) -> None:
 
 def main(args: argparse.Namespace) -> int:
     console = Console()
-    if is_atlas_file(Path(args.path)):
+    if is_atlas_file(args.path):
         if args.export is None:
             raise AtlasError(f"{args.path} is already an atlas; pass --export parquet to convert it")
-        folder = export_parquet(Path(args.path), Path(args.out) if args.out else None)
+        folder = export_parquet(args.path, args.out)
         console.print(f"wrote Parquet tables to {folder}")
         return 0
     settings = AtlasSettings(

@@ -32,6 +32,7 @@ from featurelens.corpus import CorpusConfig
 from featurelens.dictionaries.base import Dictionary, DictionaryError
 from featurelens.evaluate import Evaluation, evaluate_in_model, heldout_sequences
 from featurelens.models import load_model
+from featurelens.paths import location, readable
 from featurelens.training.from_store import read_training
 
 HELP = "measure a dictionary: FVU, L0, dead latents, CE loss recovered"
@@ -58,7 +59,7 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def evaluate_folder(
-    path: Path,
+    path: str | Path,
     console: Console,
     *,
     tokens: int,
@@ -69,7 +70,7 @@ def evaluate_folder(
     seq_len: int | None = None,
     device: str | None = None,
 ) -> tuple[Evaluation, bool]:
-    """Evaluate the dictionary in ``path`` and write ``path/evaluation.json``.
+    """Evaluate the dictionary in ``path`` (a folder or URL) and write ``path/evaluation.json``.
 
     Returns the evaluation and whether its text is held out (the training corpus after the captured part).
     """
@@ -77,8 +78,9 @@ def evaluate_folder(
         raise DictionaryError(f"--tokens must be a positive number of tokens, got {tokens}")
     if batch_size < 1:
         raise DictionaryError(f"--eval-batch-size must be positive, got {batch_size}")
-    dictionary = Dictionary.load(path)
-    training = read_training(path) or {}
+    folder = readable(path)  # a remote folder's JSON and safetensors files, copied to the cache
+    dictionary = Dictionary.load(folder)
+    training = read_training(folder) or {}
     if model is None and "model" not in training:
         raise DictionaryError(f"{path} has no training.json saying which model it belongs to; pass --model")
     corpus_config = CorpusConfig(**training["corpus"]) if "corpus" in training and corpus is None else None
@@ -107,8 +109,8 @@ def evaluate_folder(
         "held_out": held_out,
         "tokens_run": int(sequences.numel()),
     }
-    if path.is_dir() and (path / "config.json").is_file():
-        write_json_atomic(path / EVALUATION, record)
+    if folder.is_dir() and (folder / "config.json").is_file():
+        write_json_atomic(location(path) / EVALUATION, record)
     return evaluation, held_out
 
 
@@ -135,9 +137,8 @@ def print_evaluation(evaluation: Evaluation, console: Console, *, held_out: bool
 
 def main(args: argparse.Namespace) -> int:
     console = Console(stderr=args.json)
-    path = Path(args.path)
     evaluation, held_out = evaluate_folder(
-        path,
+        args.path,
         console,
         tokens=args.eval_tokens,
         batch_size=args.eval_batch_size,

@@ -16,20 +16,17 @@ from rich.console import Console
 from rich.table import Table
 
 from featurelens.capture import ActivationStore
+from featurelens.paths import RemotePath, total_size
 
 HELP = "summarise an activation store"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="store folder written by `featurelens capture`")
+    parser.add_argument("path", help="store folder (or fsspec URL) written by `featurelens capture`")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
 
-def _size_on_disk(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-def print_summary(manifest: dict[str, Any], console: Console, path: Path | None = None) -> None:
+def print_summary(manifest: dict[str, Any], console: Console, path: Path | RemotePath | None = None) -> None:
     table = Table(show_header=False, box=None)
     config = manifest["config"]
     table.add_row(
@@ -48,7 +45,7 @@ def print_summary(manifest: dict[str, Any], console: Console, path: Path | None 
         "shards", f"{len(manifest['shards'])} x ≤{config['shard_tokens']:,} tokens, dtype {manifest['dtype']}"
     )
     if path is not None:
-        table.add_row("on disk", f"{_size_on_disk(path) / 2**20:,.1f} MiB at {path}")
+        table.add_row("on disk", f"{total_size(path) / 2**20:,.1f} MiB at {path}")
     outliers = manifest["outliers"]
     for hook, spec in manifest["hooks"].items():
         table.add_row(

@@ -16,12 +16,15 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from featurelens.errors import FeatureLensError
+
+if TYPE_CHECKING:
+    from featurelens.paths import RemotePath
 
 
 class DictionaryError(FeatureLensError):
@@ -206,30 +209,32 @@ class Dictionary(nn.Module):
 
     # -- files ------------------------------------------------------------------------------------
 
-    def save(self, path: str | Path, format: str = "featurelens") -> Path:
+    def save(self, path: str | Path, format: str = "featurelens") -> Path | RemotePath:
         """Write this dictionary under folder ``path`` (scales folded in); returns the folder written.
 
         ``format``: ``"featurelens"`` (``weights.safetensors`` + ``config.json`` in ``path``), ``"saelens"``
         (``cfg.json`` + ``sae_weights.safetensors`` in ``path``, loadable by SAELens' ``SAE.load_from_disk``)
         or ``"sparsify"`` (TopK only: ``path/<module>/cfg.json`` + ``sae.safetensors``, e.g. ``layers.6``).
-        Architectures a format cannot express raise `DictionaryError`.
+        Architectures a format cannot express raise `DictionaryError`. ``path`` may be an fsspec URL: the
+        folder is written locally, then uploaded with its config last.
         """
         from featurelens.dictionaries.formats import save_dictionary_folder
 
         folded = copy.deepcopy(self).cpu()
         folded.fold_scale_()
-        return save_dictionary_folder(folded, Path(path), format)
+        return save_dictionary_folder(folded, path, format)
 
     @staticmethod
     def load(path: str | Path) -> Dictionary:
-        """Load a featurelens, SAELens or sparsify dictionary folder (or a file in one).
+        """Load a featurelens, SAELens or sparsify dictionary folder (or a file in one), local or at a URL.
 
         The format is detected from the files the folder holds; only safetensors and JSON are read, and
-        pickle-based files (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) raise `DictionaryError`.
+        pickle-based files (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) raise `DictionaryError` (from a URL
+        they are not even downloaded).
         """
         from featurelens.dictionaries.formats import load_dictionary_folder
 
-        return load_dictionary_folder(Path(path))
+        return load_dictionary_folder(path)
 
 
 @torch.no_grad()

@@ -38,6 +38,7 @@ from featurelens.dictionaries.registry import build_dictionary
 from featurelens.dictionaries.sparse_decode import topk_decode
 from featurelens.dictionaries.sparse_encode import topk_encode
 from featurelens.dictionaries.topk import TopKDictionary, topk_output
+from featurelens.paths import RemotePath
 
 
 class _SumGradientOverRanks(torch.autograd.Function):
@@ -205,7 +206,7 @@ class ShardedTopK(nn.Module):
         assert isinstance(whole, TopKDictionary)
         return whole.to(self.W_enc.device)
 
-    def save(self, path: str | Path, format: str = "featurelens") -> Path | None:
+    def save(self, path: str | Path, format: str = "featurelens") -> Path | RemotePath | None:
         """Reassemble the whole dictionary and save it from rank 0 (see `Dictionary.save`); every rank calls
         this, rank 0 gets the folder written, the others None."""
         whole = self.gather_full()

@@ -26,6 +26,7 @@ from featurelens.dictionaries.base import Dictionary, DictionaryError
 from featurelens.evaluate.live import evaluate_in_model, heldout_sequences
 from featurelens.folders import check_output_folder, staged_folder
 from featurelens.models import load_model
+from featurelens.paths import RemotePath, location, readable
 from featurelens.training.from_store import read_training
 
 MARKER = "league.parquet"
@@ -58,19 +59,20 @@ class Entry:
     """One dictionary of the table with its training record (empty when trained elsewhere)."""
 
     name: str
-    path: Path
+    path: Path | RemotePath
     dictionary: Dictionary
     training: dict[str, Any]
 
 
 def _entries(folders: tuple[str, ...]) -> list[Entry]:
-    paths = [Path(folder) for folder in folders]
+    paths = [location(folder) for folder in folders]
     names = [path.name for path in paths]
     if len(set(names)) < len(names):  # two folders called "sae": name them by their parent too
         names = [f"{path.parent.name}/{path.name}" for path in paths]
+    local = [readable(path) for path in paths]  # a remote folder's JSON and safetensors, in the cache
     return [
-        Entry(name, path, Dictionary.load(path), read_training(path) or {})
-        for name, path in zip(names, paths, strict=True)
+        Entry(name, path, Dictionary.load(copy), read_training(copy) or {})
+        for name, path, copy in zip(names, paths, local, strict=True)
     ]
 
 

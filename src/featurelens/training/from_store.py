@@ -3,6 +3,10 @@
 An output folder holds one dictionary (``weights.safetensors``, ``config.json``) plus ``training.json``
 (what it was trained on, training and held-out metrics), or, for several configurations trained in one
 pass, one such subfolder per configuration. ``training.json`` is written last: its presence means done.
+
+The output may be an fsspec URL (``s3://bucket/sae``): training then runs in a local staging folder (where
+checkpoints are kept and ``--resume`` finds them) and the finished folder is uploaded, every ``config.json``
+and ``training.json`` after the weights, so a remote ``training.json`` still means done.
 """
 
 from __future__ import annotations
@@ -13,9 +17,9 @@ import math
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import partial
+from functools import partial, wraps
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import numpy as np
 import torch
@@ -25,11 +29,13 @@ from featurelens.capture import ActivationStore
 from featurelens.capture.run import json_roundtrip
 from featurelens.capture.store import write_json_atomic
 from featurelens.dictionaries.base import Dictionary, DictionaryError
+from featurelens.dictionaries.formats.safetensors import CONFIG
 from featurelens.dictionaries.gradient_topk import needs_model_error
 from featurelens.dictionaries.registry import dictionary_class
 from featurelens.dictionaries.topk import check_k
 from featurelens.evaluate.reconstruction import ReconstructionMetrics, reconstruction_metrics
 from featurelens.models.loading import resolve_device
+from featurelens.paths import RemotePath, describe, location, staged_output, uploaded_path
 from featurelens.training.checkpoint import checkpoint_dir, find_checkpoint
 from featurelens.training.config import K_ARCHITECTURES, TrainConfig
 from featurelens.training.semi_nmf import SEMI_NMF, BatchCallback, PassCallback, train_semi_nmf
@@ -91,7 +97,7 @@ class StoreTraining(TrainingJob):
 class SavedDictionary:
     """A trained dictionary written to ``path``, with its training and held-out metrics."""
 
-    path: Path
+    path: Path | RemotePath
     result: TrainResult
     heldout: ReconstructionMetrics | None
 
@@ -247,7 +253,7 @@ def train_on_store(
 
     capture = store.manifest["config"]
     provenance = {
-        "acts": str(Path(job.acts).resolve()),
+        "acts": describe(store.path),
         "model": store.manifest["model"]["spec"],
         "corpus": store.manifest["corpus"],
         "seq_len": store.manifest["seq_len"],
@@ -275,6 +281,33 @@ def train_on_store(
     return fit_and_save(job, configs, batches, source, provenance, heldout, on_step, on_start=warn)
 
 
+Job = TypeVar("Job", bound=TrainingJob)
+Args = ParamSpec("Args")
+
+
+def staged_training(
+    fit: Callable[Concatenate[Job, Args], list[SavedDictionary]],
+) -> Callable[Concatenate[Job, Args], list[SavedDictionary]]:
+    """Run ``fit(job, ...)`` as it is for a local ``job.out``; for a URL, on a copy of ``job`` writing to a
+    local staging folder that is uploaded once ``fit`` succeeds (replacing what was there, with
+    ``--overwrite`` only), and return the dictionaries at their remote paths."""
+
+    @wraps(fit)
+    def run(job: Job, *args: Args.args, **kwargs: Args.kwargs) -> list[SavedDictionary]:
+        target = location(job.out)
+        if isinstance(target, Path):  # a file:// URL becomes its path
+            return fit(dataclasses.replace(job, out=str(target)), *args, **kwargs)
+        if target.exists() and not job.overwrite:
+            raise DictionaryError(f"{target} already exists; pass --overwrite to train again")
+        with staged_output(job.out, last=(CONFIG, TRAINING), keep=job.resume) as local:
+            saved = fit(dataclasses.replace(job, out=str(local)), *args, **kwargs)
+            target.remove()
+        return [dataclasses.replace(s, path=uploaded_path(target, local, cast(Path, s.path))) for s in saved]
+
+    return run
+
+
+@staged_training
 def fit_semi_nmf_on_store(
     job: StoreTraining,
     configs: Sequence[TrainConfig],
@@ -309,6 +342,7 @@ def fit_semi_nmf_on_store(
     return save_trained(folders, results, provenance, heldout)
 
 
+@staged_training
 def fit_and_save(
     job: TrainingJob,
     configs: Sequence[TrainConfig],

@@ -8,6 +8,10 @@ featurelens  ``config.json`` + ``weights.safetensors``
 saelens      ``cfg.json`` + ``sae_weights.safetensors``
 sparsify     ``cfg.json`` + ``sae.safetensors``, or a checkpoint folder holding one such folder per hook
 ===========  ========================================================================================
+
+A folder may also be an fsspec URL (``s3://bucket/sae``, see :mod:`featurelens.paths`): loading copies only
+its JSON and safetensors files to the local cache (never a pickle file) and reads them there; saving writes
+the folder locally, then uploads it with the config last, so a remote folder with a config has whole weights.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from featurelens.dictionaries.formats import saelens, sparsify
 from featurelens.dictionaries.formats import safetensors as featurelens_format
 from featurelens.dictionaries.formats.saelens import load_saelens
 from featurelens.dictionaries.formats.sparsify import load_sparsify, load_sparsify_checkpoint
+from featurelens.paths import RemotePath, location, readable, staged_output, uploaded_path
 
 __all__ = [
     "FORMATS",
@@ -101,7 +106,19 @@ def _is_featurelens_config(path: Path) -> bool:
 
 
 def load_dictionary_folder(path: str | Path) -> Dictionary:
-    """Load the dictionary in folder ``path``, whichever of `FORMATS` it is in."""
+    """Load the dictionary in folder ``path`` (or a URL), whichever of `FORMATS` it is in."""
+    target = location(path)
+    if isinstance(target, Path):
+        return _load_local(target)
+    # a file URL names its folder's file: mirror the folder, so the config comes with the weights
+    local = readable(target.parent) / target.name if target.is_file() else readable(target)
+    try:
+        return _load_local(local)
+    except DictionaryError as error:  # name the URL, not the cached copy
+        raise DictionaryError(str(error).replace(str(local), str(target))) from None
+
+
+def _load_local(path: Path) -> Dictionary:
     fmt, folder = detect_format(path)
     if fmt == "saelens":
         return load_saelens(folder)
@@ -110,13 +127,18 @@ def load_dictionary_folder(path: str | Path) -> Dictionary:
     return featurelens_format.load_dictionary(folder)
 
 
-def save_dictionary_folder(dictionary: Dictionary, path: str | Path, format: str = "featurelens") -> Path:
+def save_dictionary_folder(
+    dictionary: Dictionary, path: str | Path, format: str = "featurelens"
+) -> Path | RemotePath:
     """Write ``dictionary`` (scales already folded) in ``format`` under ``path``; returns its folder."""
-    path = Path(path)
-    if format == "saelens":
-        return saelens.save_saelens(dictionary, path)
-    if format == "sparsify":
-        return sparsify.save_sparsify(dictionary, path)
-    if format == "featurelens":
-        return featurelens_format.save_dictionary(dictionary, path)
-    raise DictionaryError(f"unknown dictionary format {format!r}; choose one of {', '.join(FORMATS)}")
+    savers = {
+        "saelens": saelens.save_saelens,
+        "sparsify": sparsify.save_sparsify,
+        "featurelens": featurelens_format.save_dictionary,
+    }
+    if format not in savers:
+        raise DictionaryError(f"unknown dictionary format {format!r}; choose one of {', '.join(FORMATS)}")
+    with staged_output(path, last=(featurelens_format.CONFIG, saelens.CONFIG)) as local:
+        written = savers[format](dictionary, local)
+    target = location(path)
+    return written if isinstance(target, Path) else uploaded_path(target, local, written)
