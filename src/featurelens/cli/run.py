@@ -62,9 +62,9 @@ HELP = "run the whole loop on the bundled model and corpus"
 # 80k tokens, 4 epochs of batches of 1,024 (284 steps) beat 200k tokens, 2 epochs of 4,096 (88 steps) on
 # SmolLM2 layer 15: held-out FVU 0.24 vs 0.37, CE loss recovered 96.8% vs 91.6%, in less than half the time.
 TOKENS = 80_000
-RUN_TIMES = "run.json"  # each stage's seconds, next to the run's outputs
 EPOCHS = 4
 BATCH_SIZE = 1024
+RUN_TIMES = "run.json"  # each stage's seconds, next to the run's outputs
 STRONGER_EXPLAINER = (
     "featurelens explain {atlas} --explainer openai --base-url http://localhost:8080/v1 --api-model MODEL "
     "--features top:200"
