@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,33 @@ def test_interrupted_capture_resumes_to_the_uninterrupted_result(
     np.testing.assert_array_equal(a.tokens, b.tokens)
     for hook in HOOKS:
         np.testing.assert_array_equal(np.asarray(a.activations(hook)), np.asarray(b.activations(hook)))
+
+
+def test_a_bfloat16_model_captures_its_own_activations_and_old_stores_still_resume(
+    tmp_path: Path, tiny_model_dir: Path, tiny_loaded: fl.LanguageModel
+) -> None:
+    half = config(tmp_path, n_tokens=300, model_dtype="bfloat16", model=str(tiny_model_dir))
+    fl.run_capture(half)
+    store = fl.ActivationStore.open(half.out)
+    assert store.manifest["config"]["model_dtype"] == "bfloat16"
+    full = config(tmp_path / "fp32", n_tokens=300)
+    fl.run_capture(full, tiny_loaded)
+    exact = np.asarray(fl.ActivationStore.open(full.out).activations(HOOKS[0]), dtype=np.float32)
+    rounded = np.asarray(store.activations(HOOKS[0]), dtype=np.float32)
+    # bfloat16 keeps ~3 significant digits: close to the float32 capture, but not equal to it
+    assert not np.array_equal(rounded, exact)
+    np.testing.assert_allclose(rounded, exact, rtol=0.1, atol=0.1 * np.abs(exact).std())
+    with pytest.raises(StoreError, match="different model_dtype"):
+        fl.run_capture(dataclasses.replace(half, model_dtype="float32", resume=True), tiny_loaded)
+    with pytest.raises(StoreError, match="runs in float32; the capture asks for model_dtype=bfloat16"):
+        fl.run_capture(dataclasses.replace(half, overwrite=True), tiny_loaded)
+
+    # a store written before --model-dtype existed has no such key: it resumes as float32
+    manifest_path = Path(full.out) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["config"]["model_dtype"]
+    manifest_path.write_text(json.dumps(manifest))
+    assert fl.run_capture(dataclasses.replace(full, resume=True), tiny_loaded).shards_written == 0
 
 
 def test_existing_outputs_are_refused_unless_asked(tmp_path: Path, tiny_loaded: fl.LanguageModel) -> None:

@@ -28,6 +28,7 @@ from featurelens.capture.store import (
 from featurelens.corpus import CorpusConfig, PackedSequence, documents, pack_sequences
 from featurelens.errors import StoreError
 from featurelens.models import LanguageModel, load_model
+from featurelens.models.loading import MODEL_DTYPES
 from featurelens.paths import location, remove
 
 # Options that do not change what is stored: a resumed run may change them freely.
@@ -49,6 +50,7 @@ class CaptureConfig:
     seq_len: int = 256
     batch_size: int = 8
     dtype: str = "float32"
+    model_dtype: str = "float32"
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     skip_positions: int = 1
     keep_special: bool = False
@@ -66,6 +68,10 @@ class CaptureConfig:
             (self.seq_len >= 2, f"--seq-len must be at least 2, got {self.seq_len}"),
             (self.batch_size > 0, f"--batch-size must be positive, got {self.batch_size}"),
             (self.dtype in STORE_DTYPES, f"--dtype {self.dtype!r} is not one of {', '.join(STORE_DTYPES)}"),
+            (
+                self.model_dtype in MODEL_DTYPES,
+                f"--model-dtype {self.model_dtype!r} is not one of {', '.join(MODEL_DTYPES)}",
+            ),
             (
                 0 <= self.skip_positions < self.seq_len,
                 f"--skip-positions must be in [0, seq_len), got {self.skip_positions}",
@@ -119,16 +125,14 @@ def _prepare_output(config: CaptureConfig) -> None:
                 f"output folder {out} holds other files, not an activation store; choose a new folder"
             )
         return
-    same = existing.get("config") == json_roundtrip(config.identity())
+    # an option added after the store was written counts as its default
+    recorded = {**json_roundtrip(CaptureConfig().identity()), **existing.get("config", {})}
+    wanted = json_roundtrip(config.identity())
     if config.overwrite:
         remove(out / "shards")
         remove(out / "manifest.json")
-    elif not same:
-        diff = sorted(
-            k
-            for k in config.identity()
-            if existing.get("config", {}).get(k) != json_roundtrip(config.identity())[k]
-        )
+    elif recorded != wanted:
+        diff = sorted(k for k in wanted if recorded.get(k) != wanted[k])
         raise StoreError(
             f"{out} holds a capture with a different {', '.join(diff)}; use --overwrite to replace it"
         )
@@ -249,7 +253,12 @@ def run_capture(
         distributed.on_main(partial(_prepare_output, config), StoreError)
     else:
         _prepare_output(config)
-    lm = lm or load_model(config.model, device=config.device)
+    lm = lm or load_model(config.model, device=config.device, dtype=config.model_dtype)
+    running = str(next(lm.model.parameters()).dtype).removeprefix("torch.")
+    if running != config.model_dtype:
+        raise StoreError(
+            f"the model given runs in {running}; the capture asks for model_dtype={config.model_dtype}"
+        )
     for hook in config.hooks:
         lm.hook_point(hook)  # unknown names fail before anything is written
     widths = {

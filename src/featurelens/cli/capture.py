@@ -24,6 +24,7 @@ from featurelens.cli.corpus_options import add_corpus_arguments, corpus_from_arg
 from featurelens.cli.progress import token_progress
 from featurelens.cli.workers import add_workers_argument, launch_or_join
 from featurelens.distributed import World, process_group
+from featurelens.models.loading import MODEL_DTYPES
 
 HELP = "record activations at hook points into an on-disk store"
 
@@ -50,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser, *, out: str = "runs/demo/acts
         "--batch-size", type=int, default=defaults.batch_size, help="sequences per forward pass"
     )
     parser.add_argument("--dtype", choices=STORE_DTYPES, default=defaults.dtype, help="dtype stored on disk")
+    parser.add_argument(
+        "--model-dtype",
+        choices=MODEL_DTYPES,
+        default=defaults.model_dtype,
+        help="dtype the model runs in (default float32; bfloat16 halves memory and is fast on GPUs, "
+        "slower than float32 on most CPUs)",
+    )
     parser.add_argument(
         "--skip-positions",
         type=int,
@@ -91,6 +99,7 @@ def config_from_args(args: argparse.Namespace, world: World | None = None) -> Ca
         seq_len=args.seq_len,
         batch_size=args.batch_size,
         dtype=args.dtype,
+        model_dtype=args.model_dtype,
         corpus=corpus_from_args(args),
         skip_positions=args.skip_positions,
         keep_special=args.keep_special,

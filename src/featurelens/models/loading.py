@@ -225,8 +225,11 @@ def load_tokenizer(spec: str) -> Any:
         raise ModelLoadError(f"cannot load the tokenizer of {str(source)!r}: {reason}") from error
 
 
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
+
+
 def _torch_dtype(name: str) -> torch.dtype:
-    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    if name not in dtypes:
-        raise ModelLoadError(f"unknown model dtype {name!r}; accepted: {', '.join(dtypes)}")
-    return dtypes[name]
+    if name not in MODEL_DTYPES:
+        raise ModelLoadError(f"unknown model dtype {name!r}; accepted: {', '.join(MODEL_DTYPES)}")
+    dtype: torch.dtype = getattr(torch, name)
+    return dtype
