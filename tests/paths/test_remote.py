@@ -223,6 +223,7 @@ def test_explaining_a_remote_atlas_uploads_the_explanations(
     first = explain_atlas(ExplainJob(f"{bucket}/atlas.sqlite", features="3-8"))
     again = explain_atlas(ExplainJob(f"{bucket}/atlas.sqlite", features="3-8"))  # a new run sees the upload
     assert (first.already_done, again.already_done) == (0, 6)
+    assert not Path(bucket).exists()  # the explainer's cache went beside the local copy, not to "memory:/…"
     explain_atlas(ExplainJob(str(local), features="3-8"))
     with Atlas.open(local) as expected, Atlas.open(f"{bucket}/atlas.sqlite") as atlas:
         for feature in range(3, 9):

@@ -231,11 +231,9 @@ class _Explainer:
         settings = atlas.meta.get("settings", {})
         width = settings.get("before", 16) + 1 + settings.get("after", 4)
         self.background = Background.of(self.words.tokens(atlas.token_stream()), self.words, width)
-        cache_path = (
-            Path(job.cache)
-            if job.cache
-            else Path(job.atlas).with_name(f".{Path(job.atlas).name}.llm-cache.sqlite")
-        )
+        # beside the atlas, or beside its local copy when the atlas is a URL
+        local = Path(atlas.path)
+        cache_path = Path(job.cache) if job.cache else local.with_name(f".{local.name}.llm-cache.sqlite")
         cache = ResponseCache(cache_path)
         self.client = _client(job.explainer, job, cache) if job.explainer != "baseline" else None
         scorer = job.scorer_name
