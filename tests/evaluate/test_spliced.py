@@ -8,9 +8,11 @@ import torch
 import featurelens as fl
 from featurelens.errors import HookError
 from featurelens.evaluate import spliced_loss
-from featurelens.evaluate.spliced import kl_divergence, next_token_loss
+from featurelens.evaluate.spliced import SplicedRun, kl_divergence, next_token_loss
+from featurelens.models.hook_points import find_layers
+from featurelens.models.tracing import run_with_replacement
 
-from ..conftest import build_tiny_model
+from ..conftest import POST_NORM_FAMILIES, build_tiny_model
 
 IDS = torch.tensor([[5, 17, 42, 8, 63, 21, 9, 30], [3, 3, 90, 14, 77, 2, 51, 6]])
 
@@ -70,3 +72,26 @@ def test_losses_match_a_float64_reference() -> None:
 def test_unknown_hook_is_refused(lm: fl.LanguageModel) -> None:
     with pytest.raises(HookError, match="unknown hook point"):
         spliced_loss(lm, "layers.5.resid_post", lambda x: x, IDS)
+
+
+@pytest.mark.parametrize("hook", ["layers.2.resid_post", "layers.1.mlp_out", "layers.1.resid_pre"])
+def test_edited_passes_start_at_the_hooks_layer_and_equal_whole_ones(tiny_family: str, hook: str) -> None:
+    if tiny_family in POST_NORM_FAMILIES:
+        pytest.skip("an encoder has no next-token loss")
+    lm = fl.LanguageModel(build_tiny_model(tiny_family), None)
+    if hook not in lm.hook_points:
+        pytest.skip(f"{tiny_family} has no {hook}")
+    first = find_layers(lm.model)[1][0]
+    calls: list[int] = []
+    handle = first.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        run = SplicedRun(lm, hook, IDS)
+        generator = torch.Generator().manual_seed(2)
+        noise = 0.3 * torch.randn(run.acts[hook].shape, generator=generator)
+        edited = run.logits_with(lambda x: x + noise)
+    finally:
+        handle.remove()
+    whole = run_with_replacement(lm.model, lm.hook_point(hook), lambda x: x + noise, IDS)
+    torch.testing.assert_close(edited, whole, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(edited, run.clean_logits, atol=1e-3)  # the edit mattered
+    assert len(calls) == 1  # layer 0 ran in the clean pass only

@@ -15,7 +15,7 @@ from featurelens.corpus import CorpusConfig, documents, pack_sequences
 from featurelens.dictionaries.base import Dictionary, DictionaryError
 from featurelens.errors import CorpusError
 from featurelens.evaluate.reconstruction import ReconstructionAccumulator, ReconstructionMetrics
-from featurelens.evaluate.spliced import SplicedLoss, spliced_loss
+from featurelens.evaluate.spliced import SplicedLoss, SplicedRun
 from featurelens.models import LanguageModel
 
 
@@ -91,17 +91,19 @@ def evaluate_in_model(
     for first in range(0, len(sequences), batch_size):
         ids = sequences[first : first + batch_size].to(lm.device)
         mask = torch.from_numpy(stored_positions(ids.cpu().numpy(), skip_positions, special)).to(lm.device)
-        acts = lm.capture(ids, hooks)
+        # with the loss, one clean pass records the hooks and serves the spliced passes; without, the
+        # forward stops at the last hook
+        run = SplicedRun(lm, dictionary.hook_out, ids, record=hooks) if with_loss else None
+        acts = run.acts if run is not None else lm.capture(ids, hooks)
         for hook, limit in (max_norm or {}).items():
             mask &= acts[hook].float().norm(dim=-1) <= limit
         x, y = acts[dictionary.hook_in][mask].float(), acts[dictionary.hook_out][mask].float()
         codes = dictionary.encode(x)
         y_hat = dictionary(x)
         accumulator.update(y, y_hat, codes)
-        if with_loss:
+        if run is not None:
             predicted = y_hat.to(acts[dictionary.hook_out].dtype)
-            loss = spliced_loss(lm, dictionary.hook_out, _returning(predicted), ids, mask)
-            losses.append((len(ids), loss))
+            losses.append((len(ids), run.loss(_returning(predicted), mask)))
         if on_tokens is not None:
             on_tokens(int(ids.numel()))
     return Evaluation(accumulator.result(), _mean_loss(losses) if losses else None)
