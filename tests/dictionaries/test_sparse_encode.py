@@ -79,3 +79,18 @@ def test_auto_selection_is_float32_when_torch_is_held_below_avx512(monkeypatch: 
         assert sparse_encode.selection_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
     finally:
         sparse_encode._cpu_has_bfloat16_units.cache_clear()
+
+
+def test_reused_pre_activation_buffer_leaves_earlier_results_intact() -> None:
+    g = torch.Generator().manual_seed(3)
+    W, b = torch.randn(8, 24, generator=g), torch.randn(24, generator=g)
+    results = []
+    for n in (50, 30, 80):  # the same size, a smaller one (a view of the buffer), a larger one (regrown)
+        x = torch.randn(n, 8, generator=g)
+        values, indices = topk_encode(x, W, b, 3)
+        results.append((x, values.clone(), indices.clone(), values, indices))
+    for x, values_then, indices_then, values, indices in results:
+        assert torch.equal(values, values_then) and torch.equal(indices, indices_then)  # nothing aliases it
+        expected, expected_indices = (x @ W + b).topk(3, dim=1)
+        assert torch.equal(indices.sort(1).values, expected_indices.sort(1).values)
+        torch.testing.assert_close(values.sort(1).values, expected.relu().sort(1).values)

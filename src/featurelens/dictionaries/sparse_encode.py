@@ -10,6 +10,7 @@ CPU (n=4096, d=576, d_latent=9216, k=32): the encoder's forward + backward drops
 from __future__ import annotations
 
 import functools
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,8 @@ class TopKEncode(torch.autograd.Function):
         shift: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         centred = x - shift if shift is not None else x
-        pre = torch.addmm(b_enc.to(dtype), centred.to(dtype), W_enc.to(dtype))
+        pre = pre_activation_buffer(x.shape[0], W_enc.shape[1], dtype, x.device)
+        pre = torch.addmm(b_enc.to(dtype), centred.to(dtype), W_enc.to(dtype), out=pre)
         values, indices = pre.topk(k, dim=1, sorted=False)
         values = values.to(x.dtype).relu()
         ctx.save_for_backward(centred, W_enc, indices, values)
@@ -54,6 +56,23 @@ class TopKEncode(torch.autograd.Function):
         )
         grad_shift = -(ctx.saved_tensors[1] @ grad_b) if needs_shift and grad_b is not None else None
         return grad_x, grad_W, grad_b if needs_b else None, None, None, grad_shift
+
+
+_workspace = threading.local()
+
+
+def pre_activation_buffer(
+    n: int, d_latent: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor | None:
+    """A reused [n, d_latent] buffer for the pre-activations on CPU (None elsewhere: the GPU allocator
+    reuses memory itself). A fresh [2048, 9216] float32 tensor each step costs ~20 ms of page faults on
+    a 2-core CPU, ~7% of a training step. One buffer per thread, grown as needed, kept between calls."""
+    if device.type != "cpu":
+        return None
+    buffer: torch.Tensor | None = getattr(_workspace, "pre", None)
+    if buffer is None or buffer.numel() < n * d_latent or buffer.dtype != dtype:
+        buffer = _workspace.pre = torch.empty(n * d_latent, dtype=dtype)
+    return buffer[: n * d_latent].view(n, d_latent)
 
 
 def sparse_encoder_grads(
