@@ -58,6 +58,14 @@ VECTOR_FLAGS = {  # /proc/cpuinfo flag -> the name printed atop benchmark tables
 }
 
 
+AVX2_ENVIRONMENT = {  # hold torch's kernels, oneDNN, MKL and FBGEMM (int8) to AVX2: an AVX2-only CPU
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
+}
+
+
 def vector_flags() -> str:
     """The SIMD / matrix extensions the CPU advertises, and the kernel level torch dispatches to."""
     try:

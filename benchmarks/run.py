@@ -5,9 +5,9 @@ and vector flags, each stage's wall time (from the run's own ``run.json``) and t
 recovered of the dictionary it trained (from ``sae/evaluation.json``). The model's GGUF conversion is cached
 after the first load anywhere on the machine, so a second run leaves those ~30 s out: say which.
 
-``--avx2`` runs the job as on a CPU without AVX-512 or bf16 units: torch's kernels, oneDNN and MKL are held to
-AVX2 (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``, ``MKL_ENABLE_INSTRUCTIONS``) and the encoder selects in
-float32. It emulates the instruction set, not that CPU's clock or memory, so an AVX2-only CPU can be slower.
+``--avx2`` runs the job as on a CPU without AVX-512 or bf16 units: torch's kernels, oneDNN, MKL and FBGEMM are
+held to AVX2 (machine.py ``AVX2_ENVIRONMENT``) and the encoder selects in float32. It emulates the instruction
+set, not that CPU's clock or memory, so an AVX2-only CPU can be slower.
 ``--previous`` runs the defaults before 2026-12-05 (200k tokens, 2 epochs of 4,096-token batches, two bundled-
 model explanations) for a before/after in one sitting.
 
@@ -32,14 +32,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe, matmul_peak_gflops, vector_flags
+from machine import AVX2_ENVIRONMENT, describe, matmul_peak_gflops, vector_flags
 
 RESULTS = Path(__file__).resolve().parent / "results" / "run.txt"
-AVX2_ENVIRONMENT = {
-    "ATEN_CPU_CAPABILITY": "avx2",
-    "ONEDNN_MAX_CPU_ISA": "AVX2",
-    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-}
 PREVIOUS_DEFAULTS = ["--tokens", "200000", "--epochs", "2", "--batch-size", "4096", "--explain-local", "2"]
 
 

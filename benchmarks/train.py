@@ -44,6 +44,11 @@ the versions are the ones in benchmarks/requirements-peers.txt)::
         --out /tmp/bench-acts
     /work/bench-venv/bin/python benchmarks/train.py --store /tmp/bench-acts --profile
 
+``--avx2`` runs every method (featurelens and peers alike) as on a CPU without AVX-512 or bf16 units: the
+script re-starts itself with torch's kernels, oneDNN, MKL and FBGEMM held to AVX2 (the environment of
+benchmarks/machine.py ``AVX2_ENVIRONMENT``), which every worker inherits; featurelens' ``auto`` then finds no
+bf16 units. It emulates the instruction set, not such a CPU's clock or memory.
+
 The table is also written to benchmarks/results/train.txt. ``--profile`` adds a torch.profiler breakdown
 of featurelens' training step; ``--repeats N`` keeps each method's fastest of N interleaved runs (the
 machine is shared: the load column says how busy it was); ``--methods`` picks a subset.
@@ -56,6 +61,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -73,7 +79,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe, load_average, matmul_peak_gflops, versions
+from machine import AVX2_ENVIRONMENT, describe, load_average, matmul_peak_gflops, vector_flags, versions
 
 HOOK = "layers.15.resid_post"
 RESULTS = Path(__file__).resolve().parent / "results" / "train.txt"
@@ -223,7 +229,8 @@ def run_featurelens(spec: Spec, stream: TimedStream, *, encoder_dtype: str | Non
         options["encoder_dtype"] = encoder_dtype
     config = TrainConfig(**{k: v for k, v in options.items() if k in known})
     dictionary = train_dictionary(config, stream).dictionary
-    notes = f"encoder_dtype={config.encoder_dtype}" if "encoder_dtype" in known else ""
+    resolved = str(getattr(dictionary, "encoder_dtype", "")).removeprefix("torch.")
+    notes = f"encoder_dtype={config.encoder_dtype} ({resolved})" if "encoder_dtype" in known else ""
     return Trained(dictionary.forward, dictionary.encode, notes)
 
 
@@ -498,7 +505,7 @@ def table(rows: list[Row], spec: Spec, peak_gflops: float, header: str, repeats:
     lines = [header, ""]
     head = (
         f"{'method':<20} {'version':<8} {'tokens/s':>8} {'step tok/s':>10} {'set-up':>6} {'vs fl':>6} "
-        f"{'of peak':>7} {'peak RSS':>9} {'FVU':>6} {'dead':>6} {'L0':>5}  notes"
+        f"{'of peak':>7} {'fwd bound':>9} {'peak RSS':>9} {'FVU':>6} {'dead':>6} {'L0':>5}  notes"
     )
     lines.append(head)
     for r in rows:
@@ -509,9 +516,11 @@ def table(rows: list[Row], spec: Spec, peak_gflops: float, header: str, repeats:
         step_rate = spec.batch_size / r.step_seconds
         ratio = f"{rate / (baseline.tokens / baseline.seconds):.2f}x" if baseline else "n/a"
         peak_share = rate * flops_per_token / (peak_gflops * 1e9)
+        forward_share = peak_share / 3  # of the exact encoder forward alone: 2 x d_model x d_latent / token
         lines.append(
             f"{r.method:<20} {r.version:<8} {rate:>8.0f} {step_rate:>10.0f} {r.overhead_seconds:>5.1f}s "
-            f"{ratio:>6} {peak_share:>7.2f} {r.peak_rss_mib:>5.0f} MiB {r.fvu:>6.3f} {r.dead_fraction:>6.1%} "
+            f"{ratio:>6} {peak_share:>7.2f} {forward_share:>9.0%} {r.peak_rss_mib:>5.0f} MiB {r.fvu:>6.3f} "
+            f"{r.dead_fraction:>6.1%} "
             f"{r.l0:>5.1f}  {r.notes}{'; ' if r.notes else ''}load {r.load:.1f}"
         )
     lines += [
@@ -523,6 +532,9 @@ def table(rows: list[Row], spec: Spec, peak_gflops: float, header: str, repeats:
         f"of peak: tokens/s x {flops_per_token / 1e6:.1f} MFLOP/token "
         f"(dense-equivalent encoder, 3 x 2 x {d_model} x {d_latent}) / {peak_gflops:.0f} GFLOP/s, "
         "the best fp32 matmul peak measured in this run (each worker measures it before training).",
+        "fwd bound: the same rate as a share of the bound set by the exact encoder forward alone "
+        f"(2 x {d_model} x {d_latent} FLOP/token at that peak: "
+        f"{peak_gflops * 1e9 / (2 * d_model * d_latent):.0f} tok/s).",
         "FVU, dead (latents never active) and L0 on the held-out rows, computed here the same way for all.",
         "peak RSS: ru_maxrss of the method's own process right after training (its data stream included).",
         "load: the machine's 1-minute load average when the method started (2 cores: above 2 = contended).",
@@ -570,9 +582,13 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="also profile featurelens' training step")
     parser.add_argument("--out", default=str(RESULTS), help="where the table is written too")
     parser.add_argument("--note", default="", help="a line added to the header (e.g. what was measured)")
+    parser.add_argument("--avx2", action="store_true", help="hold every method to AVX2 (no bf16 units)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.avx2 and any(os.environ.get(k) != v for k, v in AVX2_ENVIRONMENT.items()):
+        # the hold must be in place before torch loads its kernels: start again under it
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **AVX2_ENVIRONMENT})
 
     if args.worker:
         row = worker(args.worker, Spec(**json.loads(args.spec)))
@@ -614,6 +630,12 @@ def main() -> None:
                 f"TopK SAE training on {args.hook} of SmolLM2-135M-Instruct "
                 f"(store {store.path}, {store.n_tokens} rows)",
                 describe(peak),
+                vector_flags(),
+                *(
+                    ["held to AVX2: " + ", ".join(f"{k}={v}" for k, v in AVX2_ENVIRONMENT.items())]
+                    if args.avx2
+                    else []
+                ),
                 versions(("torch", "transformers", "numpy")),
                 f"featurelens from {source}, code hash {code_hash}",
                 *([args.note] if args.note else []),

@@ -246,6 +246,6 @@ def normalize_rows_(W_dec: torch.Tensor) -> None:
 @torch.no_grad()
 def remove_parallel_grad_(W_dec: torch.Tensor) -> None:
     """Drop the component of ``W_dec.grad`` [d_latent, d_out] along each row of the decoder, in place."""
-    if W_dec.grad is not None:
-        parallel = (W_dec.grad * W_dec).sum(dim=1, keepdim=True)
-        W_dec.grad.sub_(parallel * W_dec)
+    if W_dec.grad is not None:  # row dot products and an in-place update: no [d_latent, d_out] temporaries
+        parallel = torch.linalg.vecdot(W_dec.grad, W_dec).unsqueeze(1)
+        W_dec.grad.addcmul_(parallel, W_dec, value=-1)

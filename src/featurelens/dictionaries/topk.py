@@ -36,8 +36,8 @@ class TopKDictionary(Dictionary):
 
     def training_forward(self, x_scaled: torch.Tensor, y_scaled: torch.Tensor) -> TrainingOutput:
         if use_sparse_decoder(self.k, self.d_latent):  # sparse enough for sparse backward passes
-            centred = self.centred(x_scaled)
-            values, indices = topk_encode(centred, self.W_enc, self.b_enc, self.k, self.encoder_dtype)
+            shift = None if self.is_transcoder else self.b_dec  # what centred() subtracts
+            values, indices = topk_encode(x_scaled, self.W_enc, self.b_enc, self.k, self.encoder_dtype, shift)
         else:
             values, indices = self.pre_activation(x_scaled).topk(self.k, dim=1, sorted=False)
             values = values.relu()
