@@ -11,18 +11,18 @@ Measured on this machine, every run a subprocess through the real CLI:
 - **training**: ``featurelens train`` of a TopK SAE (k 32, 16 x 576 = 9,216 latents, batches of 4,096
   tokens, ``--steps``) on the store the 1-process capture wrote, in the same three layouts; tokens/s from
   the run's ``training.json`` (the training loop only, data loading from the store included).
-- **where a step's time goes**: the same training, launched by ``torchrun`` (1 and 2 processes, one
-  thread each) on this script, which wraps featurelens' training step before calling the CLI: the step
-  itself, the optimiser's update (from Adam's step to the step's end, via torch's global optimiser hook),
-  and featurelens' two per-step collectives, ``step_statistics`` (one all-reduce of the step's statistics
-  after the forward pass) and ``all_reduce_step`` (one flat all-reduce of every gradient after the backward
-  pass). Each wrapped collective first waits at a barrier, timed apart (the slower rank's lead), then times
-  the collective itself; the time between steps is reading the next batch. Communication share = the two
-  collectives / the whole step.
+- **where a step's time goes**: the same training, launched by ``torchrun`` (1 process on the batch and on
+  half of it, 2 processes; one thread each) on this script, which wraps featurelens' training step before
+  calling the CLI: the step itself, the optimiser's update (from Adam's step to the step's end, via torch's
+  global optimiser hook), and featurelens' two per-step collectives, ``step_statistics`` (one all-reduce of
+  the step's statistics after the forward pass) and ``all_reduce_step`` (one flat all-reduce of every
+  gradient after the backward pass). Each wrapped collective first waits at a barrier, timed apart (the
+  slower rank's lead), then times the collective itself; the time between steps is reading the next batch.
+  Communication share = the two collectives / the whole step.
 - **gloo all-reduce** between 2 otherwise idle processes, fp32 buffers from 256 KiB to the dictionary's
   gradient size, fitted to ``time = latency + bytes / bandwidth``. A model check predicts the 2-process step
-  from the 1-process one (forward and backward halved, the update and the store read not, since every rank
-  does them whole) plus these all-reduces, and compares it with the measured one.
+  from a 1-process step on half the batch (what each rank computes), the whole batch's store read (every
+  rank reads it) and these all-reduces, and compares it with the measured one.
 
 On 2 cores, 2 processes each get one core, so they can at best match 1 process with 2 threads (which uses
 the same two cores through intra-op threads) and pay the all-reduce on top: the 2-process figures show the
@@ -162,7 +162,7 @@ def measure_capture(out: Path, tokens: int, shard_tokens: int, processes: int, t
     return Measured(layout, processes, threads, speed, wall, (before, load_average()))
 
 
-def train_arguments(store: Path, out: Path, steps: int) -> list[str]:
+def train_arguments(store: Path, out: Path, steps: int, batch: int = BATCH) -> list[str]:
     return [
         "train",
         "--acts",
@@ -174,7 +174,7 @@ def train_arguments(store: Path, out: Path, steps: int) -> list[str]:
         "--expansion",
         str(EXPANSION),
         "--batch-size",
-        str(BATCH),
+        str(batch),
         "--steps",
         str(steps),
         "--checkpoint-every",
@@ -283,10 +283,13 @@ class StepTimes:
         return self.step_ms - self.update_ms - self.comm_ms - self.wait_ms
 
 
-def measure_step_times(store: Path, out: Path, steps: int, processes: int, scratch: Path) -> StepTimes:
+def measure_step_times(
+    store: Path, out: Path, steps: int, processes: int, batch: int, scratch: Path
+) -> StepTimes:
     """Per-step times of a ``processes``-rank torchrun training (1 thread each) through the timing hook."""
-    prefix = scratch / f"timings-{processes}"
-    command = [*torchrun(processes), __file__, TRAIN_WORKER, str(prefix), *train_arguments(store, out, steps)]
+    prefix = scratch / f"timings-{processes}-{batch}"
+    arguments = train_arguments(store, out, steps, batch)
+    command = [*torchrun(processes), __file__, TRAIN_WORKER, str(prefix), *arguments]
     run(command, threads=1)
     ranks = [json.loads(Path(f"{prefix}.{rank}.json").read_text()) for rank in range(processes)]
 
@@ -531,19 +534,19 @@ def measured_lines(args: argparse.Namespace, scratch: Path) -> list[str]:
             if index not in trainings or measured.tokens_per_s > trainings[index].tokens_per_s:
                 trainings[index] = measured
     floats = gradient_floats(scratch / "sae-1x2")
-    timed = {}
-    for processes in (1, 2):
+    timed = {}  # (processes, global batch) -> step times
+    for processes, batch in ((1, BATCH), (1, BATCH // 2), (2, BATCH)):
         wait_for_quiet(args.max_load, args.patience)
-        out = scratch / f"sae-timed-{processes}"
-        timed[processes] = measure_step_times(store, out, args.train_steps, processes, scratch)
+        out = scratch / f"sae-timed-{processes}-{batch}"
+        timed[processes, batch] = measure_step_times(store, out, args.train_steps, processes, batch, scratch)
     wait_for_quiet(args.max_load, args.patience)
     fit = measure_allreduce(floats, scratch)
-    one, two = timed[1], timed[2]
+    one, half, two = timed[1, BATCH], timed[1, BATCH // 2], timed[2, BATCH]
     gradient_bytes = 4 * floats
     statistics_bytes = 8 * (EXPANSION * 576 + 2 * 576 + 4)  # float64: n, l0, fired, sums of squares
     all_reduces_ms = 1000 * (fit.seconds(gradient_bytes) + fit.seconds(statistics_bytes))
-    # rows halve per rank; the update and the store read do not (each rank does them whole)
-    predicted = one.rows_ms / 2 + one.update_ms + all_reduces_ms + (one.loop_ms - one.step_ms)
+    # a rank of 2 steps on half the rows, but reads the whole global batch, then all-reduces
+    predicted = half.step_ms + (one.loop_ms - one.step_ms) + all_reduces_ms
     lines = [
         *table(
             f"capture: {args.capture_tokens:,} tokens of smollm2 {HOOK} (fp32 store, shards of "
@@ -561,12 +564,13 @@ def measured_lines(args: argparse.Namespace, scratch: Path) -> list[str]:
         "",
         "where a training step's time goes (a timing hook in featurelens' step, torchrun, 1 thread per "
         f"process; ms per step, mean over every rank, first {WARM_UP_STEPS} steps left out):",
-        f"{'layout':<12} {'tok/s':>7} {'step':>7} {'store':>7} {'fwd+bwd':>8} {'update':>7} {'stats':>6} "
+        f"{'layout':<24} {'tok/s':>7} {'step':>7} {'store':>7} {'fwd+bwd':>8} {'update':>7} {'stats':>6} "
         f"{'grads':>6} {'wait':>6} {'comm share':>10}",
     ]
-    for processes, times in timed.items():
+    for (processes, batch), times in timed.items():
+        layout = f"{processes} process{'es' if processes > 1 else ''}, batch {batch:,}"
         lines.append(
-            f"{processes} process{'es' if processes > 1 else '  '} {times.tokens_per_s:>7,.0f} "
+            f"{layout:<24} {times.tokens_per_s:>7,.0f} "
             f"{times.loop_ms:>7.1f} {times.loop_ms - times.step_ms:>7.1f} {times.rows_ms:>8.1f} "
             f"{times.update_ms:>7.1f} "
             f"{times.stats_ms:>6.2f} {times.grads_ms:>6.2f} {times.wait_ms:>6.2f} "
@@ -584,10 +588,10 @@ def measured_lines(args: argparse.Namespace, scratch: Path) -> list[str]:
         + ", ".join(f"{b / 2**20:.2f} MiB {s * 1000:.2f} ms" for b, s in sorted(fit.points.items())),
         f"  fit: {fit.latency_s * 1e6:.0f} us + bytes / {fit.bandwidth / 1e9:.2f} GB/s; the gradient buffer "
         f"{fit.seconds(gradient_bytes) * 1000:.1f} ms",
-        f"model check: 1 process's fwd+bwd halved ({one.rows_ms / 2:.1f} ms) + its update "
-        f"({one.update_ms:.1f}) and store read ({one.loop_ms - one.step_ms:.1f}) + the micro-benchmark's "
-        f"all-reduces ({all_reduces_ms:.1f}) predict a 2-process step of {predicted:.1f} ms "
-        f"({BATCH / predicted * 1000:,.0f} tok/s); measured {two.loop_ms:.1f} ms",
+        f"model check: 1 process's step on half the batch ({half.step_ms:.1f} ms) + reading the whole batch "
+        f"({one.loop_ms - one.step_ms:.1f}) + the micro-benchmark's all-reduces ({all_reduces_ms:.1f}) "
+        f"predict a 2-process step of {predicted:.1f} ms ({BATCH / predicted * 1000:,.0f} tok/s); measured "
+        f"{two.loop_ms:.1f} ms ({two.wait_ms:.1f} of it waiting for the slower rank)",
     ]
     return lines
 
