@@ -27,15 +27,21 @@ ACCEPTED_SPECS = "'smollm2', a local model directory with config.json, a .gguf f
 
 
 def resolve_device(device: str | None = None) -> torch.device:
-    """``None``/``"auto"`` picks CUDA when available, else CPU; anything else must be a valid torch device."""
+    """``None``/``"auto"`` picks CUDA when available, else CPU; anything else must be a valid torch device.
+
+    Under torchrun or ``--workers`` (``LOCAL_RANK`` set), CUDA without a number means this process's own
+    GPU, ``cuda:<LOCAL_RANK mod GPU count>``: otherwise every rank of a node would share GPU 0."""
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as error:
         raise ModelLoadError(f"unknown device {device!r}; accepted: auto, cpu, cuda, cuda:N") from error
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    local_rank = os.environ.get("LOCAL_RANK", "")
+    if resolved.type == "cuda" and resolved.index is None and local_rank.isdigit():
+        return torch.device("cuda", int(local_rank) % torch.cuda.device_count())
     return resolved
 
 
