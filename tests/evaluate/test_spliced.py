@@ -69,6 +69,23 @@ def test_losses_match_a_float64_reference() -> None:
     assert torch.all(kl_divergence(logits, logits).abs() < 1e-6)
 
 
+def test_the_run_losses_equal_the_reference_functions_on_its_logits(lm: fl.LanguageModel) -> None:
+    """The run takes each log-softmax once for both loss and KL; that must change no figure."""
+    noise = torch.randn(2, 8, 32, generator=torch.Generator().manual_seed(2))
+    run = SplicedRun(lm, "layers.1.resid_post", IDS)
+    result = run.loss(lambda x: x + noise.reshape(-1, 32))
+    spliced = run.logits_with(lambda x: x + noise)
+    zeroed = run.logits_with(torch.zeros_like)
+    reference = torch.log_softmax(run.clean_logits.double(), -1)
+    assert result.clean == pytest.approx(
+        next_token_loss(run.clean_logits.double(), IDS).mean().item(), abs=1e-5
+    )
+    assert result.spliced == pytest.approx(next_token_loss(spliced.double(), IDS).mean().item(), abs=1e-5)
+    assert result.zero_ablated == pytest.approx(next_token_loss(zeroed.double(), IDS).mean().item(), abs=1e-5)
+    expected_kl = (reference.exp() * (reference - torch.log_softmax(spliced.double(), -1))).sum(-1).mean()
+    assert result.kl_to_clean == pytest.approx(expected_kl.item(), abs=1e-5) and expected_kl > 1e-3
+
+
 def test_unknown_hook_is_refused(lm: fl.LanguageModel) -> None:
     with pytest.raises(HookError, match="unknown hook point"):
         spliced_loss(lm, "layers.5.resid_post", lambda x: x, IDS)

@@ -154,8 +154,11 @@ class Dictionary(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Prediction [n, d_out] of the output hook's activations from raw inputs x [n, d_in]."""
-        y_hat = self.decode(self.encode(x))
-        return y_hat + self.skip_term(x * self.input_scale) / self.output_scale
+        return self.predict(x, self.encode(x))
+
+    def predict(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """`forward` from raw inputs x [n, d_in] whose codes [n, d_latent] are already known."""
+        return self.decode(codes) + self.skip_term(x * self.input_scale) / self.output_scale
 
     def _check_width(self, x: torch.Tensor, width: int) -> None:
         if x.ndim != 2 or x.shape[1] != width:

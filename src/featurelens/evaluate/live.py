@@ -99,7 +99,7 @@ def evaluate_in_model(
             mask &= acts[hook].float().norm(dim=-1) <= limit
         x, y = acts[dictionary.hook_in][mask].float(), acts[dictionary.hook_out][mask].float()
         codes = dictionary.encode(x)
-        y_hat = dictionary(x)
+        y_hat = dictionary.predict(x, codes)
         accumulator.update(y, y_hat, codes)
         if run is not None:
             predicted = y_hat.to(acts[dictionary.hook_out].dtype)

@@ -89,5 +89,6 @@ def reconstruction_metrics(
     for batch in batches:
         x, y = batch if isinstance(batch, tuple) else (batch, batch)
         x, y = x.to(device).float(), y.to(device).float()
-        accumulator.update(y, dictionary(x), dictionary.encode(x))
+        codes = dictionary.encode(x)
+        accumulator.update(y, dictionary.predict(x, codes), codes)
     return accumulator.result()
