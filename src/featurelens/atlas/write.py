@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 from collections import Counter
@@ -129,76 +130,113 @@ def _feature_rows(
         )
 
 
+def _key_order(latents: np.ndarray, kinds: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    """The permutation that puts rows in (feature, kind, rank) primary-key order. ``kinds`` are codes of
+    the kind names in sorted order: SQLite appends to a WITHOUT ROWID table in key order far faster
+    than it inserts all over its B-tree."""
+    return np.lexsort((ranks, kinds, latents))
+
+
 def _example_rows(contents: AtlasContents) -> Iterator[tuple[Any, ...]]:
     stats, settings = contents.stats, contents.stats.settings
     start, stop = (bound.numpy() for bound in sequence_bounds(contents.sequences))
-    order, bins = stats.quantile_order()
+    slots, bins = stats.quantile_order()
     sample = Selection(
-        stats.samples.score.gather(0, order),
-        stats.samples.row.gather(0, order),
-        stats.samples.value.gather(0, order),
-        stats.samples.window.gather(0, order[:, :, None].expand_as(stats.samples.window)),
+        stats.samples.score.gather(0, slots),
+        stats.samples.row.gather(0, slots),
+        stats.samples.value.gather(0, slots),
+        stats.samples.window.gather(0, slots[:, :, None].expand_as(stats.samples.window)),
     )
-    for kind, selection, selection_bins in (
-        ("top", stats.top, None),
-        ("quantile", sample, bins),
-        ("negative", stats.negatives, None),
+    kinds = ("negative", "quantile", "top")  # sorted, as the primary key compares them
+    columns: list[tuple[np.ndarray, ...]] = []
+    blobs: list[bytes | None] = []
+    for code, (selection, selection_bins) in enumerate(
+        ((stats.negatives, None), (sample, bins), (stats.top, None))
     ):
         ranks, latents = np.nonzero(selection.row.numpy() >= 0)
         rows = selection.row.numpy()[ranks, latents]
         first = np.maximum(rows - settings.before, start[rows])
         last = np.minimum(rows + settings.after, stop[rows] - 1)
         width = selection.window.shape[2]
-        blobs: list[bytes | None] = [None] * len(rows)
         if width:
             raw = selection.window.numpy()[ranks, latents].astype(BLOB_DTYPE).tobytes()
             size = np.dtype(BLOB_DTYPE).itemsize
             begin = (np.arange(len(rows)) * width + first - (rows - settings.before)) * size
             end = begin + (last - first + 1) * size
-            blobs = [raw[a:b] for a, b in zip(begin.tolist(), end.tolist(), strict=True)]
+            blobs += [raw[a:b] for a, b in zip(begin.tolist(), end.tolist(), strict=True)]
+        else:
+            blobs += [None] * len(rows)
         row_bins = (
-            selection_bins[ranks, latents].tolist() if selection_bins is not None else [None] * len(rows)
+            selection_bins.numpy()[ranks, latents] if selection_bins is not None else np.full(len(rows), -1)
         )
-        yield from zip(
-            latents.tolist(),
-            [kind] * len(rows),
-            ranks.tolist(),
-            row_bins,
-            rows.tolist(),
-            selection.value.numpy()[ranks, latents].tolist(),
-            first.tolist(),
-            last.tolist(),
-            blobs,
-            strict=True,
-        )
+        value = selection.value.numpy()[ranks, latents]
+        columns.append((latents, np.full(len(rows), code), ranks, row_bins, rows, value, first, last))
+    latents, codes, ranks, row_bins, rows, value, first, last = (
+        np.concatenate(c) for c in zip(*columns, strict=True)
+    )
+    order = _key_order(latents, codes, ranks)
+    yield from zip(
+        latents[order].tolist(),
+        [kinds[c] for c in codes[order].tolist()],
+        ranks[order].tolist(),
+        [None if b < 0 else b for b in row_bins[order].tolist()],
+        rows[order].tolist(),
+        value[order].tolist(),
+        first[order].tolist(),
+        last[order].tolist(),
+        [blobs[i] for i in order.tolist()],
+        strict=True,
+    )
 
 
-def _ranked_rows(feature_kind: str, ranked: Ranked) -> Iterator[tuple[int, str, int, int, float]]:
-    ids, values = ranked.ids.tolist(), ranked.values.tolist()
-    for latent, (latent_ids, latent_values) in enumerate(zip(ids, values, strict=True)):
-        for rank, (other, value) in enumerate(zip(latent_ids, latent_values, strict=True)):
-            if other >= 0:
-                yield latent, feature_kind, rank, other, value
+def _ranked_rows(
+    named: dict[str, Ranked], extra: dict[str, np.ndarray] | None = None
+) -> Iterator[tuple[Any, ...]]:
+    """Rows (feature, kind, rank, other, value[, extra]) of each ranking [d_latent, n] by kind, in
+    primary-key order; ``extra`` gives a further column [d_latent, n] per kind."""
+    kinds = sorted(named)
+    columns: list[tuple[np.ndarray, ...]] = []
+    for code, kind in enumerate(kinds):
+        ids = named[kind].ids.numpy()
+        latents, ranks = np.nonzero(ids >= 0)
+        more = (extra[kind][latents, ranks],) if extra is not None else ()
+        values = named[kind].values.numpy()[latents, ranks]
+        columns.append((latents, np.full(len(latents), code), ranks, ids[latents, ranks], values, *more))
+    if not columns:
+        return
+    latents, codes, ranks, *rest = (np.concatenate(c) for c in zip(*columns, strict=True))
+    order = _key_order(latents, codes, ranks)
+    yield from zip(
+        latents[order].tolist(),
+        [kinds[c] for c in codes[order].tolist()],
+        ranks[order].tolist(),
+        *(column[order].tolist() for column in rest),
+        strict=True,
+    )
 
 
 def _effect_rows(contents: AtlasContents) -> Iterator[tuple[Any, ...]]:
+    named = {}
     if contents.output_effects is not None:
-        yield from _ranked_rows("output_top", contents.output_effects[0])
-        yield from _ranked_rows("output_bottom", contents.output_effects[1])
+        named = {"output_top": contents.output_effects[0], "output_bottom": contents.output_effects[1]}
     if contents.input_effects is not None:
-        yield from _ranked_rows("input_top", contents.input_effects)
+        named["input_top"] = contents.input_effects
+    return _ranked_rows(named)
 
 
 def _neighbour_rows(contents: AtlasContents) -> Iterator[tuple[Any, ...]]:
+    """Neighbour rows; the co-occurrence count column is NULL for the nearest-by-decoder kind."""
+    named, counts = {}, {}
     cooccurring = contents.stats.cooccurring(contents.stats.settings.n_neighbours)
     if cooccurring is not None:
-        ids, jaccard, counts = cooccurring
-        count_list = counts.tolist()
-        for latent, kind, rank, other, value in _ranked_rows("cooccurring", Ranked(ids, jaccard)):
-            yield latent, kind, rank, other, value, count_list[latent][rank]
+        ids, jaccard, count = cooccurring
+        named["cooccurring"] = Ranked(ids, jaccard)
+        counts["cooccurring"] = count.numpy().astype(float)
     if contents.nearest is not None:
-        for row in _ranked_rows("nearest", contents.nearest):
-            yield (*row, None)
+        named["nearest"] = contents.nearest
+        counts["nearest"] = np.full(contents.nearest.ids.shape, np.nan)
+    for latent, kind, rank, other, value, count in _ranked_rows(named, counts):
+        yield latent, kind, rank, other, value, None if math.isnan(count) else int(count)
 
 
 def effect_token_ids(contents_effects: list[Ranked]) -> set[int]:
