@@ -1,13 +1,17 @@
 """Device choice: under torchrun each rank of a node takes its own GPU (checked without a GPU, by stubbing
-torch's CUDA queries)."""
+torch's CUDA queries). GGUF conversion parses each file once."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import gguf
+import numpy as np
 import pytest
 import torch
 
 from featurelens.errors import ModelLoadError
-from featurelens.models.loading import resolve_device
+from featurelens.models.loading import _one_gguf_parse, resolve_device
 
 
 @pytest.fixture
@@ -46,3 +50,21 @@ def test_without_cuda_auto_is_the_cpu_and_cuda_is_refused(monkeypatch: pytest.Mo
         resolve_device("cuda")
     with pytest.raises(ModelLoadError, match="unknown device 'tpu:x'"):
         resolve_device("tpu:x")
+
+
+def test_a_gguf_file_is_parsed_once_within_a_conversion_and_the_reader_restored(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("token_embd.weight", np.arange(12, dtype=np.float32).reshape(3, 4))
+    for write in (writer.write_header_to_file, writer.write_kv_data_to_file, writer.write_tensors_to_file):
+        write()
+    writer.close()
+    with _one_gguf_parse():
+        first = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(str(path)) is first and gguf.GGUFReader(tmp_path / "." / "tiny.gguf") is first
+        assert first.fields["general.architecture"].contents() == "llama"
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is gguf.get_tensor_name_map(
+            gguf.MODEL_ARCH.LLAMA, 2
+        )
+    assert gguf.GGUFReader is gguf.gguf_reader.GGUFReader and gguf.GGUFReader(path) is not first
+    assert gguf.get_tensor_name_map is gguf.tensor_mapping.get_tensor_name_map
