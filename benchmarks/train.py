@@ -49,7 +49,7 @@ script re-starts itself with torch's kernels, oneDNN, MKL and FBGEMM held to AVX
 benchmarks/machine.py ``AVX2_ENVIRONMENT``), which every worker inherits; featurelens' ``auto`` then finds no
 bf16 units. It emulates the instruction set, not such a CPU's clock or memory.
 
-The table is also written to benchmarks/results/train.txt. ``--profile`` adds a torch.profiler breakdown
+The table is also appended to benchmarks/results/train.txt. ``--profile`` adds a torch.profiler breakdown
 of featurelens' training step; ``--repeats N`` keeps each method's fastest of N interleaved runs (the
 machine is shared: the load column says how busy it was); ``--methods`` picks a subset.
 """
@@ -580,7 +580,7 @@ def main() -> None:
     parser.add_argument("--python", default=sys.executable, help="interpreter that runs the workers")
     parser.add_argument("--repeats", type=int, default=1, help="rounds over the methods; the fastest is kept")
     parser.add_argument("--profile", action="store_true", help="also profile featurelens' training step")
-    parser.add_argument("--out", default=str(RESULTS), help="where the table is written too")
+    parser.add_argument("--out", default=str(RESULTS), help="where the table is appended too")
     parser.add_argument("--note", default="", help="a line added to the header (e.g. what was measured)")
     parser.add_argument("--avx2", action="store_true", help="hold every method to AVX2 (no bf16 units)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -668,7 +668,8 @@ def main() -> None:
             report += "\n\n" + profile_featurelens(spec)
         print("\n" + report.split("\n\n", 1)[1])
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(report + "\n")
+        with Path(args.out).open("a") as results:  # appended: earlier tables stay for comparison
+            results.write(report + "\n\n")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
