@@ -19,13 +19,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from featurelens.dictionaries import Dictionary, DictionaryError, ReLUDictionary, ShardedTopK, TopKDictionary
 from featurelens.dictionaries.sparse_decode import dense_codes
 from featurelens.distributed import DistributedError, World, gather_rows, process_group
-from tests.distributed.processes import free_port
+from tests.distributed.processes import spawn_two_ranks
 
 STEPS = 5
 ROWS = 64
@@ -116,7 +115,7 @@ def run_rank(rank: int, port: int, out: Path) -> None:
 def spawned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The folder where 2 ranks left their results and saved dictionaries."""
     out = tmp_path_factory.mktemp("sharding")
-    mp.spawn(run_rank, args=(free_port(), out), nprocs=2)
+    spawn_two_ranks(run_rank, out)
     return out
 
 

@@ -11,13 +11,12 @@ import os
 from pathlib import Path
 
 import torch
-import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from featurelens.distributed import World, process_group
 from featurelens.training import TrainConfig, train_dictionaries
 from tests.dictionaries.planted import planted_batches, planted_directions
-from tests.distributed.processes import free_port
+from tests.distributed.processes import spawn_two_ranks
 
 ATOL = 2e-5
 STEPS = 30
@@ -66,7 +65,7 @@ def test_two_ranks_match_one_process_on_the_same_global_batches(tmp_path: Path) 
         alone = states(train_dictionaries(configs(), batches))
     finally:
         torch.set_num_threads(threads)
-    mp.spawn(train_rank, args=(free_port(), batches, tmp_path), nprocs=2)
+    spawn_two_ranks(train_rank, batches, tmp_path)
     rank0, rank1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
     for name, tensor in rank0.items():
         assert torch.equal(tensor, rank1[name]), name  # every rank holds the same dictionary, bit for bit
