@@ -81,10 +81,17 @@ def current_world() -> World:
 def process_group(world: World | None) -> Iterator[World]:
     """Join the gloo group of ``world`` (MASTER_ADDR/PORT come from the launcher) for the duration.
 
-    A world of one (or None) creates nothing."""
+    A world of one (or None) creates nothing. Leaving destroys the group and joins its gloo threads."""
     if world is None or world.size == 1 or dist.is_initialized():
         yield world or World()
         return
+    # torch.distributed.nn.functional binds `group=group.WORLD` as default arguments when first imported,
+    # and torch._dynamo imports it (creating any optimizer does). Imported inside a group, it would keep
+    # that group alive after destroy_process_group; its gloo threads then outlive Python, and one still
+    # releasing the last collective's tensors (which needs the GIL) aborts the exiting process (SIGABRT,
+    # "terminate called without an active exception"). Imported first, it binds None.
+    import torch.distributed.nn.functional  # noqa: F401
+
     try:
         dist.init_process_group("gloo", rank=world.rank, world_size=world.size, timeout=TIMEOUT)
     except (RuntimeError, ValueError) as error:

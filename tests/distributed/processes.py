@@ -41,21 +41,9 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def spawn_two_ranks(function: Callable[..., None], *args: Any, attempts: int = 3) -> None:
-    """Run ``function(rank, port, *args)`` in two spawned processes on a fresh port.
-
-    A rank killed by a signal is started again, both ranks afresh, up to ``attempts`` times in all: this
-    machine's torch 2.13 CPU build now and then aborts a freshly spawned interpreter while it imports
-    torch ("terminate called without an active exception", about 1 spawn in 20 under pytest), before any
-    featurelens code runs. An exception raised inside a rank is a test failure and is never retried.
-    """
-    for attempt in range(1, attempts + 1):
-        try:
-            mp.spawn(function, args=(free_port(), *args), nprocs=2)
-            return
-        except mp.ProcessExitedException as error:
-            if error.signal_name is None or attempt == attempts:
-                raise
+def spawn_two_ranks(function: Callable[..., None], *args: Any) -> None:
+    """Run ``function(rank, port, *args)`` in two spawned processes on a fresh port."""
+    mp.spawn(function, args=(free_port(), *args), nprocs=2)
 
 
 def ranked_environment(rank: int, world_size: int, port: int) -> dict[str, str]:
