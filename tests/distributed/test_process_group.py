@@ -25,7 +25,9 @@ def thread_names() -> list[str]:
 
 def rank_leaves_no_gloo_thread(rank: int, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    assert "torch._dynamo" not in sys.modules, "the first import of torch._dynamo must happen inside the group"
+    assert "torch._dynamo" not in sys.modules, (
+        "the first import of torch._dynamo must happen inside the group"
+    )
     with process_group(World(rank, 2)):
         weight = torch.nn.Parameter(torch.ones(3))
         torch.optim.Adam([weight]).zero_grad()  # imports torch._dynamo
