@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from featurelens.dictionaries.base import Dictionary, DictionaryError, TrainingOutput
+from featurelens.dictionaries.selection import top_k
 from featurelens.dictionaries.sparse_decode import dense_codes, topk_decode
 from featurelens.dictionaries.topk import check_k
 
@@ -41,7 +42,7 @@ def top_codes(x: torch.Tensor, directions: torch.Tensor, k: int, dtype: torch.dt
 
     The [n, n_codes] similarity matrix is computed in ``dtype`` (bfloat16 only picks, it is never summed).
     """
-    return (x.to(dtype) @ directions.to(dtype).T).topk(k, dim=1, sorted=False).indices
+    return top_k(x.to(dtype) @ directions.to(dtype).T, k)[1]
 
 
 def available_memory(device: torch.device) -> int:
@@ -151,7 +152,7 @@ class CodebookDictionary(Dictionary):
         return x_scaled @ directions.T
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
-        indices = pre.topk(self.k, dim=1, sorted=False).indices
+        indices = top_k(pre, self.k)[1]
         return dense_codes(indices, self.code_norms[indices], self.d_latent)
 
     def training_forward(self, x_scaled: torch.Tensor, y_scaled: torch.Tensor) -> TrainingOutput:

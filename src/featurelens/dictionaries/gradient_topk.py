@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from featurelens.dictionaries.base import DictionaryError, TrainingOutput
+from featurelens.dictionaries.selection import top_k
 from featurelens.dictionaries.sparse_decode import topk_decode, use_sparse_decoder
 from featurelens.dictionaries.sparse_encode import picked_encode
 from featurelens.dictionaries.topk import TopKDictionary, topk_output
@@ -78,7 +79,7 @@ class GradientTopKDictionary(TopKDictionary):
     def select(self, codes: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
         """Indices [n, k] of the latents with the largest :func:`gradient_scores` (scaled space)."""
         scores = gradient_scores(codes, gradient, self.W_dec.detach(), self.gradient_weight)
-        return scores.topk(self.k, dim=1, sorted=False).indices
+        return top_k(scores, self.k)[1]
 
     def training_forward(
         self, x_scaled: torch.Tensor, y_scaled: torch.Tensor, gradient: torch.Tensor | None = None

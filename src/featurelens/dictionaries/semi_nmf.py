@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from featurelens.dictionaries.base import Dictionary, DictionaryError, TrainingOutput
+from featurelens.dictionaries.selection import top_k
 from featurelens.dictionaries.sparse_decode import dense_codes
 from featurelens.dictionaries.topk import check_k
 
@@ -203,7 +204,7 @@ class SemiNMFDictionary(Dictionary):
         codes = nnls_gram(pre, gram, lipschitz, self.iterations, self.l1)
         if self.k is None:
             return codes
-        values, indices = codes.topk(self.k, dim=1, sorted=False)
+        values, indices = top_k(codes, self.k)
         refitted = refit_support(pre, gram, indices, values, REFIT_SWEEPS, self.l1)
         return dense_codes(indices, refitted, self.d_latent)
 

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from featurelens.dictionaries.selection import top_k
+
 
 class TopKEncode(torch.autograd.Function):
     """(relu(top-k values) [n, k], their latent indices [n, k]) of (x [n, d] - shift [d]) @ W [d, L] + b [L].
@@ -40,7 +42,7 @@ class TopKEncode(torch.autograd.Function):
         centred = x - shift if shift is not None else x
         pre = pre_activation_buffer(x.shape[0], W_enc.shape[1], dtype, x.device)
         pre = torch.addmm(b_enc.to(dtype), centred.to(dtype), W_enc.to(dtype), out=pre)
-        values, indices = pre.topk(k, dim=1, sorted=False)
+        values, indices = top_k(pre, k)
         values = values.to(x.dtype).relu()
         ctx.save_for_backward(centred, W_enc, indices, values)
         ctx.mark_non_differentiable(indices)

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from featurelens.dictionaries.base import Dictionary, DictionaryError, TrainingOutput
+from featurelens.dictionaries.selection import top_k
 from featurelens.dictionaries.sparse_decode import dense_codes, topk_decode, use_sparse_decoder
 from featurelens.dictionaries.sparse_encode import topk_encode
 
@@ -31,7 +32,7 @@ class TopKDictionary(Dictionary):
         return {**super().config(), "k": self.k}
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
-        values, indices = pre.topk(self.k, dim=1, sorted=False)
+        values, indices = top_k(pre, self.k)
         return dense_codes(indices, values.relu(), self.d_latent)
 
     def training_forward(self, x_scaled: torch.Tensor, y_scaled: torch.Tensor) -> TrainingOutput:
@@ -39,7 +40,7 @@ class TopKDictionary(Dictionary):
             shift = None if self.is_transcoder else self.b_dec  # what centred() subtracts
             values, indices = topk_encode(x_scaled, self.W_enc, self.b_enc, self.k, self.encoder_dtype, shift)
         else:
-            values, indices = self.pre_activation(x_scaled).topk(self.k, dim=1, sorted=False)
+            values, indices = top_k(self.pre_activation(x_scaled), self.k)
             values = values.relu()
         y_hat = topk_decode(indices, values, self.W_dec) + self.b_dec + self.skip_term(x_scaled)
         return topk_output(y_hat, indices, values, self.d_latent)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from featurelens.dictionaries.selection import top_k
 from featurelens.dictionaries.sparse_decode import topk_decode
 
 
@@ -22,7 +23,7 @@ def auxk_loss(
     the residual's variance so its scale is O(1): summed squared deviation from its mean, or ``variance``
     when given (a data-parallel rank passes the global batch's, so the ranks' losses add up).
     """
-    values, picked = dead_pre.topk(min(k_aux, dead.numel()), dim=1, sorted=False)
+    values, picked = top_k(dead_pre, min(k_aux, dead.numel()))
     residual_hat = topk_decode(dead[picked], values.relu(), W_dec)
     if variance is None:
         variance = (residual - residual.mean(dim=0)).square().sum()
