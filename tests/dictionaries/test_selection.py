@@ -46,3 +46,16 @@ def test_a_winner_hidden_behind_a_larger_group_maximum_is_found() -> None:
     assert width > DIRECT
     _, indices = top_k(rows, k)
     assert sorted(indices[0].tolist()) == [0, 3, groups, 2 * groups]
+
+
+def test_gradients_reach_the_chosen_entries_as_through_torch_topk() -> None:
+    """AuxK takes a top k of dead pre-activations that need a gradient."""
+    rows = torch.randn(16, 9216, generator=torch.Generator().manual_seed(1))
+    weights = torch.randn(16, 9216, generator=torch.Generator().manual_seed(2))
+    grads = []
+    for select in (top_k, lambda v, k: v.topk(k, dim=1, sorted=False)):
+        leaf = rows.clone().requires_grad_(True)
+        values, indices = select(leaf, 288)
+        (values * weights.gather(1, indices)).sum().backward()
+        grads.append(leaf.grad)
+    assert torch.equal(grads[0], grads[1]) and int((grads[0] != 0).sum()) == 16 * 288
