@@ -146,3 +146,19 @@ def test_bad_input_is_one_clear_line(tiny_model_dir: Path, tmp_path: Path) -> No
     assert_one_line_error(featurelens("capture", *model, "--out", str(occupied)), "holds other files")
     assert_one_line_error(featurelens("info", str(tmp_path)), "not an activation store")
     assert not (tmp_path / "acts").exists()  # nothing was written for any of these
+
+
+def test_run_refuses_a_bad_number_before_its_first_stage(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    for flag, value, expected in [
+        ("--tokens", "0", "--tokens must be a positive number, got 0"),
+        ("--eval-tokens", "-1", "--eval-tokens must be a positive number"),
+        ("--atlas-tokens", "0", "--atlas-tokens must be a positive number"),
+        ("--eval-batch-size", "0", "--eval-batch-size must be a positive number"),
+        ("--explain-local", "-2", "--explain-local must be 0 (none) or a number of features"),
+    ]:
+        assert_one_line_error(featurelens("run", "--out", str(out), flag, value), expected)
+    assert_one_line_error(
+        featurelens("run", "--out", str(out), "--serve", "--port", "70000"), "--port must be"
+    )
+    assert not out.exists()  # refused before the capture (minutes with the bundled model) began

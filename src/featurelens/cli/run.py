@@ -149,7 +149,28 @@ def trained_with(folder: Path, config: TrainConfig, manifest: dict[str, Any]) ->
     return same_capture and {**training["train_config"], "steps": None} == json_roundtrip(wanted)
 
 
+def check_numbers(args: argparse.Namespace) -> None:
+    """Refuse a bad count or port before the first stage starts, not minutes into the run."""
+    counts = {
+        "--tokens": args.tokens,
+        "--eval-tokens": args.eval_tokens,
+        "--eval-batch-size": args.eval_batch_size,
+    }
+    if args.atlas_tokens is not None:
+        counts["--atlas-tokens"] = args.atlas_tokens
+    for flag, value in counts.items():
+        if value < 1:
+            raise FeatureLensError(f"{flag} must be a positive number, got {value}")
+    if args.explain_local < 0:
+        raise FeatureLensError(
+            f"--explain-local must be 0 (none) or a number of features to explain, got {args.explain_local}"
+        )
+    if args.serve and not 0 < args.port < 65536:
+        raise FeatureLensError(f"--port must be between 1 and 65535, got {args.port}")
+
+
 def main(args: argparse.Namespace) -> int:
+    check_numbers(args)
     console = Console()
     clock = StageClock()
     out = Path(args.out)
