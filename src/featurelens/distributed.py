@@ -27,6 +27,13 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+# Imported before any process group exists, torch.distributed.nn.functional binds None where it binds
+# `group=group.WORLD` as default arguments. Imported later (torch._dynamo imports it, and creating any torch
+# optimizer imports torch._dynamo), it would keep the group alive after destroy_process_group: the group's
+# gloo threads then outlive Python, and one still releasing the last collective's tensors (which needs the
+# GIL) aborts the exiting process (SIGABRT, "terminate called without an active exception").
+import torch.distributed.nn.functional
+
 from featurelens.errors import FeatureLensError
 
 T = TypeVar("T")
@@ -85,13 +92,6 @@ def process_group(world: World | None) -> Iterator[World]:
     if world is None or world.size == 1 or dist.is_initialized():
         yield world or World()
         return
-    # torch.distributed.nn.functional binds `group=group.WORLD` as default arguments when first imported,
-    # and torch._dynamo imports it (creating any optimizer does). Imported inside a group, it would keep
-    # that group alive after destroy_process_group; its gloo threads then outlive Python, and one still
-    # releasing the last collective's tensors (which needs the GIL) aborts the exiting process (SIGABRT,
-    # "terminate called without an active exception"). Imported first, it binds None.
-    import torch.distributed.nn.functional  # noqa: F401
-
     try:
         dist.init_process_group("gloo", rank=world.rank, world_size=world.size, timeout=TIMEOUT)
     except (RuntimeError, ValueError) as error:
