@@ -1,6 +1,5 @@
-"""Several processes on one job: the rank and world size torchrun gives, a gloo process group (NCCL beside it
-for CUDA tensors on GPUs), collectives that do nothing in one process, and the launcher behind
-``--workers N`` (torch.distributed's elastic agent).
+"""Several processes on one job: the rank and world size torchrun gives, a gloo process group, collectives
+that do nothing in one process, and the launcher behind ``--workers N`` (torch.distributed's elastic agent).
 
 Capture and training use the same few calls. One process (the default) never creates a process group:
 every collective here returns its input unchanged when no group is active.
@@ -85,28 +84,16 @@ def current_world() -> World:
     return World(dist.get_rank(), dist.get_world_size()) if active() else World()
 
 
-def backend(cuda: bool) -> str:
-    """The process group's backend: gloo, and with GPUs NCCL beside it for CUDA tensors (torch picks the
-    backend by each collective's device, so CPU tensors such as the step statistics still go through gloo)."""
-    return "cpu:gloo,cuda:nccl" if cuda else "gloo"
-
-
 @contextmanager
 def process_group(world: World | None) -> Iterator[World]:
-    """Join the group of ``world`` (MASTER_ADDR/PORT come from the launcher) for the duration: gloo, and
-    NCCL for CUDA tensors where GPUs and NCCL are there, each rank on its ``LOCAL_RANK``'s GPU.
+    """Join the gloo group of ``world`` (MASTER_ADDR/PORT come from the launcher) for the duration.
 
     A world of one (or None) creates nothing. Leaving destroys the group and joins its gloo threads."""
     if world is None or world.size == 1 or dist.is_initialized():
         yield world or World()
         return
-    cuda = torch.cuda.is_available() and dist.is_nccl_available()
-    if cuda:
-        from featurelens.models.loading import resolve_device
-
-        torch.cuda.set_device(resolve_device("cuda"))  # NCCL needs each rank's own GPU before the group
     try:
-        dist.init_process_group(backend(cuda), rank=world.rank, world_size=world.size, timeout=TIMEOUT)
+        dist.init_process_group("gloo", rank=world.rank, world_size=world.size, timeout=TIMEOUT)
     except (RuntimeError, ValueError) as error:
         raise DistributedError(f"rank {world.rank} cannot join its {world.size} peers: {error}") from None
     try:

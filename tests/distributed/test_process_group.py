@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from featurelens.distributed import World, all_sum, process_group
 from tests.distributed.processes import spawn_two_ranks
@@ -33,7 +32,6 @@ def rank_leaves_no_gloo_thread(rank: int, port: int) -> None:
         weight = torch.nn.Parameter(torch.ones(3))
         torch.optim.Adam([weight]).zero_grad()  # imports torch._dynamo
         assert "torch._dynamo" in sys.modules
-        assert dist.get_backend() == "gloo"  # no GPU here: gloo alone (with one: cpu:gloo,cuda:nccl)
         assert all_sum(torch.ones(3)).tolist() == [2.0, 2.0, 2.0]
         assert any(name in GLOO_THREADS for name in thread_names())
     assert not any(name in GLOO_THREADS for name in thread_names()), thread_names()

@@ -2,8 +2,7 @@
 
 ``featurelens <verb> --workers N ...`` starts N copies of the same command (without ``--workers``) under
 torch.distributed's elastic agent and waits; ``torchrun --nproc-per-node N -m featurelens.cli.main <verb>``
-does the same from outside. Either way each worker finds its rank in the environment and joins a gloo group
-(with NCCL beside it for CUDA tensors on GPUs).
+does the same from outside. Either way each worker finds its rank in the environment and joins a gloo group.
 """
 
 from __future__ import annotations
