@@ -32,7 +32,8 @@ import torch.distributed as dist
 # optimizer imports torch._dynamo), it would keep the group alive after destroy_process_group: the group's
 # gloo threads then outlive Python, and one still releasing the last collective's tensors (which needs the
 # GIL) aborts the exiting process (SIGABRT, "terminate called without an active exception").
-import torch.distributed.nn.functional
+if dist.is_available():  # a torch built without distributed has no groups, and no such module to import
+    import torch.distributed.nn.functional
 
 from featurelens.errors import FeatureLensError
 

@@ -59,3 +59,11 @@ def test_gradients_reach_the_chosen_entries_as_through_torch_topk() -> None:
         (values * weights.gather(1, indices)).sum().backward()
         grads.append(leaf.grad)
     assert torch.equal(grads[0], grads[1]) and int((grads[0] != 0).sum()) == 16 * 288
+
+
+def test_bfloat16_rows_as_codebook_selection_passes_them() -> None:
+    rows = torch.randn(24, 9216, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
+    values, indices = top_k(rows, 32)
+    assert values.dtype == torch.bfloat16
+    assert torch.equal(values.sort(dim=1).values, rows.topk(32, dim=1).values.sort(dim=1).values)
+    assert torch.equal(rows.gather(1, indices), values)

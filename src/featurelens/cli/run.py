@@ -153,6 +153,7 @@ def check_numbers(args: argparse.Namespace) -> None:
     """Refuse a bad count or port before the first stage starts, not minutes into the run."""
     counts = {
         "--tokens": args.tokens,
+        "--epochs": args.epochs,
         "--eval-tokens": args.eval_tokens,
         "--eval-batch-size": args.eval_batch_size,
     }
@@ -169,8 +170,17 @@ def check_numbers(args: argparse.Namespace) -> None:
         raise FeatureLensError(f"--port must be between 1 and 65535, got {args.port}")
 
 
+def planned_config(args: argparse.Namespace) -> list[TrainConfig]:
+    """The one dictionary the run trains, from the flags (a bad --k, --batch-size, ... is refused here)."""
+    configs = configs_from_args(args, args.hook, None)
+    if len(configs) > 1:
+        raise DictionaryError("featurelens run trains one dictionary; sweep several with featurelens train")
+    return configs
+
+
 def main(args: argparse.Namespace) -> int:
     check_numbers(args)
+    configs = planned_config(args)
     console = Console()
     clock = StageClock()
     out = Path(args.out)
@@ -194,11 +204,6 @@ def main(args: argparse.Namespace) -> int:
             print_summary(ActivationStore.open(config.out).manifest, console, Path(config.out))
 
     with clock.stage("train", console) as notes:
-        configs = configs_from_args(args, args.hook, None)
-        if len(configs) > 1:
-            raise DictionaryError(
-                "featurelens run trains one dictionary; sweep several with featurelens train"
-            )
         sae = out / "sae"
         manifest = ActivationStore.open(config.out).manifest
         retrained = args.overwrite or not trained_with(sae, configs[0], manifest)
