@@ -170,7 +170,7 @@ def check_numbers(args: argparse.Namespace) -> None:
         raise FeatureLensError(f"--port must be between 1 and 65535, got {args.port}")
 
 
-def planned_config(args: argparse.Namespace) -> list[TrainConfig]:
+def planned_configs(args: argparse.Namespace) -> list[TrainConfig]:
     """The one dictionary the run trains, from the flags (a bad --k, --batch-size, ... is refused here)."""
     configs = configs_from_args(args, args.hook, None)
     if len(configs) > 1:
@@ -180,7 +180,7 @@ def planned_config(args: argparse.Namespace) -> list[TrainConfig]:
 
 def main(args: argparse.Namespace) -> int:
     check_numbers(args)
-    configs = planned_config(args)
+    configs = planned_configs(args)
     console = Console()
     clock = StageClock()
     out = Path(args.out)
