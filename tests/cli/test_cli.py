@@ -157,7 +157,7 @@ def test_run_refuses_a_bad_number_before_its_first_stage(tmp_path: Path) -> None
         ("--eval-batch-size", "0", "--eval-batch-size must be a positive number"),
         ("--explain-local", "-2", "--explain-local must be 0 (none) or a number of features"),
         ("--epochs", "0", "--epochs must be a positive number"),
-        ("--k", "0", "k must be a positive integer, got 0"),
+        ("--k", "0", "k must be between 1 and d_latent - 1, got 0"),
         ("--batch-size", "0", "batch_size must be a positive integer"),
         ("--k", "16,32", "featurelens run trains one dictionary"),
     ]:

@@ -55,7 +55,7 @@ from featurelens.corpus import CorpusConfig
 from featurelens.dictionaries.base import DictionaryError
 from featurelens.errors import FeatureLensError
 from featurelens.explain import ExplainJob
-from featurelens.training.config import TrainConfig
+from featurelens.training.config import K_ARCHITECTURES, TrainConfig
 from featurelens.training.from_store import StoreTraining, is_finished, read_training, train_on_store
 
 HELP = "run the whole loop on the bundled model and corpus"
@@ -175,6 +175,8 @@ def planned_configs(args: argparse.Namespace) -> list[TrainConfig]:
     configs = configs_from_args(args, args.hook, None)
     if len(configs) > 1:
         raise DictionaryError("featurelens run trains one dictionary; sweep several with featurelens train")
+    if configs[0].arch in K_ARCHITECTURES and configs[0].k < 1:
+        raise DictionaryError(f"k must be between 1 and d_latent - 1, got {configs[0].k}")
     return configs
 
 

@@ -60,8 +60,6 @@ class TrainConfig:
         for name in ("expansion", "batch_size", "steps", "dead_after_tokens"):
             if getattr(self, name) < 1:
                 raise DictionaryError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.arch in K_ARCHITECTURES and self.k < 1:
-            raise DictionaryError(f"k must be a positive integer, got {self.k}")
         if self.latents is not None and self.latents < 1:
             raise DictionaryError(f"latents must be a positive integer, got {self.latents}")
         if self.lr <= 0:
