@@ -166,8 +166,8 @@ def check_numbers(args: argparse.Namespace) -> None:
         raise FeatureLensError(
             f"--explain-local must be 0 (none) or a number of features to explain, got {args.explain_local}"
         )
-    if args.serve and not 0 < args.port < 65536:
-        raise FeatureLensError(f"--port must be between 1 and 65535, got {args.port}")
+    if args.serve:
+        serve.check_port(args.port)
 
 
 def planned_configs(args: argparse.Namespace) -> list[TrainConfig]:

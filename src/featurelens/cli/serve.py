@@ -74,13 +74,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_port(port: int) -> None:
+    """Refuse a ``--port`` no TCP socket can bind."""
+    if not 0 < port < 65536:
+        raise ServeError(f"--port must be between 1 and 65535, got {port}")
+
+
 def main(args: argparse.Namespace) -> int:
     import uvicorn
 
     from featurelens.serve import create_app
 
-    if not 0 < args.port < 65536:
-        raise ServeError(f"--port must be between 1 and 65535, got {args.port}")
+    check_port(args.port)
     console = Console(stderr=True)
     app = create_app(
         args.atlas,
